@@ -1,0 +1,138 @@
+"""The `segment` command line. Heavy libraries load only inside the command that needs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+app = typer.Typer(
+    help="Customer segmentation of retail invoice lines, run as a Prefect flow with versioned artifacts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ArtifactsOption = Annotated[Path, typer.Option("--artifacts", help="Folder holding the run folders.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="End stdout with one JSON line describing the run.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", help="Show tracebacks on errors.")]
+
+
+@app.command()
+def run(
+    input: Annotated[Path, typer.Option("--input", help="Invoice export: .xlsx, .csv, .parquet or a folder of them.")] = Path("data/incoming"),
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Month to segment up to (YYYY-MM); invoices before its first day are used. Default: the newest invoice's month.")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Number of segments; default: best silhouette.")] = None,
+    k_min: Annotated[int, typer.Option("--k-min", help="Smallest k scored by silhouette.")] = 4,
+    k_max: Annotated[int, typer.Option("--k-max", help="Largest k scored by silhouette.")] = 8,
+    artifacts: ArtifactsOption = Path("artifacts"),
+    json_out: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run the segmentation on an invoice export and write a new versioned run folder."""
+    from flows.pipeline import segmentation
+
+    parameters = dict(input_path=str(input), as_of=as_of, k=k, k_min=k_min, k_max=k_max, artifacts=str(artifacts))
+    _finish(lambda: segmentation(**parameters), artifacts, json_out, verbose)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="File to write: .parquet, .csv or .xlsx.")],
+    customers: Annotated[int, typer.Option("--customers", min=10)] = 2000,
+    months: Annotated[int, typer.Option("--months", min=2)] = 13,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Write synthetic invoice lines with planted customer segments."""
+    from data.generator import generate as make
+
+    invoices = make(customers=customers, months=months, seed=seed).invoices
+    write_table(invoices, out)
+    typer.echo(f"Wrote {len(invoices):,} invoice lines of {customers:,} customers to {out}")
+
+
+def write_table(df, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = out.suffix.lower()
+    if suffix == ".parquet":
+        df.to_parquet(out, index=False)
+    elif suffix == ".csv":
+        df.to_csv(out, index=False)
+    elif suffix == ".xlsx":
+        df.to_excel(out, index=False, sheet_name="Online Retail")
+    else:
+        raise typer.BadParameter(f"unsupported file type {suffix or '(none)'}; use .parquet, .csv or .xlsx", param_hint="--out")
+
+
+def _finish(call, artifacts: Path, json_out: bool, verbose: bool) -> None:
+    """Run a flow call and end the command the same way for run and resume: summary, JSON, exit code."""
+    from tasks.errors import PipelineError
+
+    try:
+        manifest = call()
+    except PipelineError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(summary_text(manifest))
+    if json_out:
+        typer.echo(json.dumps(run_summary(manifest)))
+
+
+def run_summary(manifest: dict) -> dict:
+    stages = manifest.get("stages", {})
+    k_facts = stages.get("select_k", {}).get("metrics", {})
+    return {
+        "run_id": manifest["run_id"],
+        "run_dir": manifest.get("run_dir"),
+        "as_of": manifest.get("as_of"),
+        "status": manifest["status"],
+        "k": k_facts.get("k"),
+        "silhouette": k_facts.get("silhouette"),
+        "customers": stages.get("features", {}).get("metrics", {}).get("customers"),
+        "rows_clean": stages.get("clean", {}).get("metrics", {}).get("rows_clean"),
+        "input_sha256": manifest["input"]["sha256"],
+        "flow_run_id": manifest.get("flow_run_id"),
+    }
+
+
+def summary_text(manifest: dict) -> str:
+    facts = run_summary(manifest)
+    clean = manifest["stages"].get("clean", {}).get("metrics", {})
+    lines = [
+        f"Run {facts['run_id']} {facts['status']}: as-of {facts['as_of']}, "
+        f"{clean.get('rows_clean', 0):,} of {clean.get('rows_in', 0):,} invoice lines kept, "
+        f"{facts['customers']:,} customers, k={facts['k']} (silhouette {facts['silhouette']}).",
+    ]
+    for rule, n in clean.get("rows_dropped", {}).items():
+        lines.append(f"  dropped {n:>9,} rows: {rule.replace('_', ' ')}")
+    profiles = Path(manifest["run_dir"]) / "segment_profiles.parquet"
+    if profiles.exists():
+        import pandas as pd
+
+        table = pd.read_parquet(profiles)
+        for row in table.itertuples():
+            lines.append(
+                f"  segment {row.segment}: {row.segment_name:<36} {row.size:>7,} customers ({row.share:.0%}), "
+                f"mean sales {row.mean_TotalSales:,.0f}, orders {row.mean_OrderCount:.1f}, order value {row.mean_AvgOrderValue:,.0f}"
+            )
+    lines.append(f"Results: {manifest['run_dir']}")
+    return "\n".join(lines)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,108 @@
+"""The Prefect flow: the segmentation pipeline's table of contents.
+
+Each stage runs as a Prefect task named after it; all the work of a stage (reading, caching,
+validating, writing, recording) is the shared stage runner's, and the maths is in tasks/.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+from prefect.states import Completed  # noqa: E402
+from prefect.utilities.annotations import quote  # noqa: E402
+
+from tasks import runs  # noqa: E402
+from tasks.runner import Run, Stage, run_stage  # noqa: E402
+from tasks.stages import (  # noqa: E402
+    CLEAN, CLUSTER, FEATURES, INGEST, NORMALIZE, PLOTS, PROFILE, SELECT_K, STAGE_NAMES,
+)
+
+FLOW_NAME = "customer-segmentation"
+DEFAULT_INPUT = "data/incoming"
+
+
+def stage_task(stage: Stage):
+    """The Prefect task for a stage. Its result is the small manifest record, never a DataFrame."""
+
+    def run(run: Run) -> Any:
+        record = run_stage(stage, run)
+        if record["status"] == "cached":
+            return Completed(name="Cached", message="reused a verified cached output", data=record)
+        return record
+
+    run.__name__ = stage.name
+    return task(name=stage.name, cache_policy=NO_CACHE, persist_result=False)(run)
+
+
+ingest, clean, features, normalize, select_k, cluster, profile, plots = map(
+    stage_task, (INGEST, CLEAN, FEATURES, NORMALIZE, SELECT_K, CLUSTER, PROFILE, PLOTS)
+)
+
+
+@flow(name=FLOW_NAME, persist_result=False, validate_parameters=True)
+def segmentation(
+    input_path: str = DEFAULT_INPUT,
+    as_of: str | None = None,
+    k: int | None = None,
+    k_min: int = 4,
+    k_max: int = 8,
+    artifacts: str = "artifacts",
+    refresh: bool = False,
+    from_stage: str | None = None,
+) -> dict[str, Any]:
+    """Segment customers from invoice lines; returns the run's manifest."""
+    run = prepare_run(input_path, as_of, k, k_min, k_max, artifacts, refresh, from_stage)
+    try:
+        ingest(quote(run))
+        runs.open_folder(run)
+        clean(quote(run))
+        features(quote(run))
+        normalize(quote(run))
+        select_k(quote(run))
+        cluster(quote(run))
+        profile(quote(run))
+        plots(quote(run))
+    except BaseException as exc:
+        runs.finish(run, "failed", error=str(exc))
+        raise
+    manifest = runs.finish(run, "completed")
+    get_run_logger().info("Run %s completed: %s", manifest["run_id"], run.run_dir)
+    return manifest
+
+
+def prepare_run(input_path, as_of, k, k_min, k_max, artifacts, refresh, from_stage) -> Run:
+    artifacts_dir = Path(artifacts)
+    fingerprint = runs.input_fingerprint(Path(input_path))
+    params = {
+        "input_path": str(input_path),
+        "input_sha256": fingerprint["sha256"],
+        "as_of": as_of,
+        "k": k,
+        "k_min": k_min,
+        "k_max": k_max,
+    }
+    runs.parse_month(as_of)
+    return runs.start(
+        artifacts_dir, params, run_id=None, flow_run_id=flow_run.get_id(),
+        refresh=stages_to_refresh(refresh, from_stage),
+    )
+
+
+def stages_to_refresh(refresh: bool, from_stage: str | None) -> frozenset[str]:
+    if refresh:
+        return frozenset(STAGE_NAMES)
+    if from_stage is None:
+        return frozenset()
+    if from_stage not in STAGE_NAMES:
+        from tasks.errors import ParameterError
+
+        raise ParameterError(from_stage, f"--from-stage must be one of {', '.join(STAGE_NAMES)}")
+    return frozenset(STAGE_NAMES[STAGE_NAMES.index(from_stage):])

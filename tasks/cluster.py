@@ -1,0 +1,59 @@
+"""Cluster: k-means on the normalized features; segments numbered and named by what they are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tasks.features import FEATURES
+from tasks.select_k import chosen_k, fit_kmeans
+
+NORMALIZED = tuple(f"{f}_norm" for f in FEATURES)
+
+
+def cluster_labels(features: pd.DataFrame, normalized: pd.DataFrame, k_selection: pd.DataFrame) -> pd.DataFrame:
+    """One row per customer: raw and normalized features, segment id and segment name.
+
+    k-means numbers clusters arbitrarily; segments are renumbered by total sales, highest
+    first, so segment 0 is always the most valuable whatever the random start.
+    """
+    k = chosen_k(k_selection)
+    points = normalized[list(FEATURES)].to_numpy()
+    raw_labels = fit_kmeans(points, k).labels_
+    sales_by_cluster = features.groupby(raw_labels)["TotalSales"].sum()
+    order = sales_by_cluster.sort_values(ascending=False, kind="stable").index.to_numpy()
+    renumber = np.empty(k, dtype="int64")
+    renumber[order] = np.arange(k)
+    segment = renumber[raw_labels]
+
+    labels = features[["CustomerID", *FEATURES]].copy()
+    for name, norm in zip(FEATURES, NORMALIZED):
+        labels[norm] = normalized[name].to_numpy()
+    labels["segment"] = segment
+    centers = labels.groupby("segment")[list(NORMALIZED)].mean()
+    centers.columns = list(FEATURES)
+    labels["segment_name"] = segment_names(centers).reindex(segment).to_numpy()
+    return labels
+
+
+def segment_names(centers: pd.DataFrame) -> pd.Series:
+    """Name each segment from its center (normalized units; 0 is the median customer).
+
+    The article reads the segments this way: high order count and high order value are the
+    best customers, low on both the least valuable, and the two mixed cases are the growth
+    opportunities. With more than four segments names repeat, so repeats get a rank suffix
+    in total-sales order.
+    """
+    frequent = centers["OrderCount"] > 0
+    big = centers["AvgOrderValue"] > 0
+    names = pd.Series(
+        np.select(
+            [frequent & big, ~frequent & ~big, ~frequent & big],
+            ["High value: frequent, big spenders", "Low value: rare, small orders", "Big orders, infrequent"],
+            default="Frequent, small orders",
+        ),
+        index=centers.index,
+    )
+    repeat = names.groupby(names).cumcount() + 1
+    duplicated = names.duplicated(keep=False)
+    return names.where(~duplicated, names + " (" + repeat.astype(str) + ")")

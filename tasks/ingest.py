@@ -1,0 +1,191 @@
+"""Ingest: read an invoice export (xlsx, csv, parquet or a folder of them) into typed columns.
+
+Reading is I/O and lives here with the one pure step that matters, `normalize_invoices`, which
+turns whatever the file format produced into the canonical raw_invoices types. Excel stores
+all-digit ids as numbers (536365, 17850.0), so every id column is normalised to plain strings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.errors import InputError
+
+COLUMNS = (
+    "InvoiceNo",
+    "StockCode",
+    "Description",
+    "Quantity",
+    "InvoiceDate",
+    "UnitPrice",
+    "CustomerID",
+    "Country",
+)
+ID_COLUMNS = ("InvoiceNo", "StockCode", "CustomerID")
+TEXT_COLUMNS = ("Description", "Country")
+PREFERRED_SHEET = "Online Retail"
+READABLE_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".csv", ".parquet")
+
+STAGE = "ingest"
+
+
+def input_files(path: Path) -> list[Path]:
+    """The files an input path stands for: itself, or a folder's readable files in name order."""
+    if not path.exists():
+        raise InputError(path, STAGE, None, "the input path does not exist")
+    if path.is_dir():
+        files = sorted(
+            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES
+        )
+        if not files:
+            raise InputError(
+                path, STAGE, None,
+                f"the folder holds no {', '.join(READABLE_SUFFIXES)} file to read",
+            )
+        return files
+    if path.suffix.lower() not in READABLE_SUFFIXES:
+        raise InputError(
+            path, STAGE, None,
+            f"unsupported file type {path.suffix or '(none)'}; expected one of "
+            + ", ".join(READABLE_SUFFIXES),
+        )
+    return [path]
+
+
+def read_invoices(input_path: Path | str) -> pd.DataFrame:
+    """Read and normalise one export file or a folder of them (concatenated in name order)."""
+    path = Path(input_path)
+    frames = [normalize_invoices(_read_table(f), source=f) for f in input_files(path)]
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if path.stat().st_size == 0:
+        raise InputError(path, STAGE, None, "the file is empty (0 bytes)")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix == ".csv":
+            # Ids stay text: a CSV reader must not turn "085123" into 85123.
+            return pd.read_csv(path, dtype={c: "str" for c in ID_COLUMNS}, encoding="utf-8")
+        return _read_excel(path)
+    except InputError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            path, STAGE, None,
+            f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "save the export as CSV UTF-8 or as .xlsx",
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise InputError(path, STAGE, None, "the file holds no table (no header row)") from None
+    except Exception as exc:  # every reader has its own error types; the user needs one message
+        raise InputError(
+            path, STAGE, None,
+            f"the file cannot be read as {suffix[1:]} ({type(exc).__name__}: {exc})",
+        ) from None
+
+
+def _read_excel(path: Path) -> pd.DataFrame:
+    from python_calamine import CalamineWorkbook
+
+    sheets = CalamineWorkbook.from_path(str(path)).sheet_names
+    if not sheets:
+        raise InputError(path, STAGE, None, "the workbook has no sheet")
+    sheet = PREFERRED_SHEET if PREFERRED_SHEET in sheets else sheets[0]
+    # calamine reads the UCI workbook about ten times faster than openpyxl.
+    return pd.read_excel(path, sheet_name=sheet, engine="calamine")
+
+
+def normalize_invoices(df: pd.DataFrame, source: Path | str = "input") -> pd.DataFrame:
+    """Give the eight invoice columns their canonical types; other columns pass through.
+
+    Pure: the raw_invoices quality suite then judges the content (nulls, ranges, extra columns).
+    """
+    if len(df.columns) == 0:
+        raise InputError(source, STAGE, None, "the file holds no table (no columns)")
+    df = df.rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        found = ", ".join(repr(str(c)) for c in df.columns[:12])
+        raise InputError(
+            source, STAGE, missing[0],
+            f"required column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"not found; the file has columns {found}",
+        )
+    out = {}
+    for name in df.columns:
+        col = df[name]
+        if name in ID_COLUMNS:
+            out[name] = _id_strings(col)
+        elif name in TEXT_COLUMNS:
+            out[name] = col.astype("str")
+        elif name == "Quantity":
+            out[name] = _whole_numbers(col, source)
+        elif name == "UnitPrice":
+            out[name] = _numbers(col, source, name).astype("float64")
+        elif name == "InvoiceDate":
+            out[name] = _timestamps(col, source)
+        else:
+            out[name] = col
+    return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+
+
+def _id_strings(col: pd.Series) -> pd.Series:
+    """536365 / 536365.0 / ' 536365 ' -> '536365'; blanks stay missing."""
+    text = col.astype("str").str.strip()
+    text = text.str.replace(r"\.0+$", "", regex=True)
+    return text.mask(text.eq(""))
+
+
+def _numbers(col: pd.Series, source, name: str) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return col
+    values = pd.to_numeric(col, errors="coerce")
+    bad = values.isna() & col.notna()
+    if bad.any():
+        raise InputError(
+            source, STAGE, name,
+            f"{int(bad.sum()):,} value(s) are not numbers, e.g. {_sample(col[bad])}",
+        )
+    return values
+
+
+def _whole_numbers(col: pd.Series, source) -> pd.Series:
+    values = _numbers(col, source, "Quantity")
+    fractional = values.notna() & (values != values.round())
+    if fractional.any():
+        raise InputError(
+            source, STAGE, "Quantity",
+            f"{int(fractional.sum()):,} value(s) are not whole numbers, e.g. {_sample(col[fractional])}",
+        )
+    # Nulls survive as a nullable integer so that the quality gate can report them.
+    return values.astype("Int64" if values.isna().any() else "int64")
+
+
+def _timestamps(col: pd.Series, source) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(col):
+        values = col
+    else:
+        try:
+            values = pd.to_datetime(col, errors="coerce")
+        except (ValueError, TypeError, OverflowError):
+            values = pd.to_datetime(col, errors="coerce", format="mixed")
+        bad = values.isna() & col.notna()
+        if bad.any():
+            raise InputError(
+                source, STAGE, "InvoiceDate",
+                f"{int(bad.sum()):,} value(s) are not dates, e.g. {_sample(col[bad])}",
+            )
+    if getattr(values.dt, "tz", None) is not None:
+        values = values.dt.tz_localize(None)
+    return values.astype("datetime64[ns]")
+
+
+def _sample(values: pd.Series, n: int = 5) -> str:
+    return ", ".join(repr(v) for v in values.drop_duplicates().head(n).tolist())

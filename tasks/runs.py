@@ -1,0 +1,160 @@
+"""Run folders and their manifests: artifacts/<as-of YYYY-MM>/<run_id>/ and the month's `latest`.
+
+A run folder is created once the as-of month is known (after ingest), filled stage by stage and
+never touched by another run. `latest` moves only when a run completes.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tasks import storage
+from tasks.errors import ParameterError
+from tasks.ingest import input_files
+from tasks.runner import Run
+
+MANIFEST = "manifest.json"
+LATEST = "latest"
+PACKAGES = ("customer-segments", "prefect", "great-expectations", "pandas", "pyarrow", "numpy",
+            "scikit-learn", "matplotlib", "kneed", "python-calamine")
+
+
+def input_fingerprint(path: Path) -> dict[str, Any]:
+    """sha256 of the input: of the file, or of a folder's (name, sha256) list."""
+    files = input_files(path)
+    if path.is_dir():
+        lines = "".join(f"{f.name}\t{storage.sha256_file(f)}\n" for f in files)
+        sha = storage.sha256_bytes(lines.encode())
+    else:
+        sha = storage.sha256_file(path)
+    return {"path": str(path), "sha256": sha, "files": [f.name for f in files]}
+
+
+def parse_month(value: str | None, option: str = "--as-of") -> pd.Period | None:
+    if value in (None, ""):
+        return None
+    try:
+        return pd.Period(str(value)[:7], freq="M")
+    except (ValueError, TypeError):
+        raise ParameterError("ingest", f"{option} must be a month as YYYY-MM, got {value!r}") from None
+
+
+def new_run_id(flow_run_id: str | None, now: datetime | None = None) -> str:
+    """Sorts by time: UTC timestamp, then the short Prefect flow-run id."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    suffix = (flow_run_id or os.urandom(4).hex()).replace("-", "")[:8]
+    return f"{stamp}-{suffix}"
+
+
+def start(artifacts: Path, params: dict[str, Any], *, run_id: str | None, flow_run_id: str | None,
+          refresh: frozenset[str] = frozenset()) -> Run:
+    """A run that has not yet a folder: ingest comes first, the folder needs the as-of month."""
+    manifest = {
+        "run_id": run_id or new_run_id(flow_run_id),
+        "flow_run_id": flow_run_id,
+        "status": "running",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "finished_at": None,
+        "parameters": {k: params[k] for k in ("as_of", "k", "k_min", "k_max")},
+        "input": {"path": params["input_path"], "sha256": params["input_sha256"]},
+        "environment": environment(),
+        "stages": {},
+    }
+    return Run(artifacts=artifacts, params=params, manifest=manifest, refresh=refresh)
+
+
+def open_folder(run: Run) -> Path:
+    """Fix the as-of month and cutoff from the data when not given, and create the run folder."""
+    requested = parse_month(run.params.get("as_of"))
+    if requested is None:
+        newest = run.frame("raw_invoices")["InvoiceDate"].max()
+        if pd.isna(newest):
+            raise ParameterError("ingest", "the input has no invoice dates, so no as-of month can be derived")
+        requested = pd.Timestamp(newest).to_period("M")
+    as_of = str(requested)
+    cutoff = requested.start_time.isoformat()
+    run.params.update(as_of=as_of, cutoff=cutoff)
+    run.manifest["parameters"]["as_of"] = as_of
+    run.manifest["as_of"] = as_of
+    run.manifest["cutoff"] = cutoff
+    run.manifest["input"]["rows"] = run.manifest["stages"]["ingest"]["outputs"]["raw_invoices"]["rows"]
+    run.run_dir = run.artifacts / as_of / run.manifest["run_id"]
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    run.manifest["run_dir"] = str(run.run_dir)
+    run.save_manifest()
+    return run.run_dir
+
+
+def finish(run: Run, status: str, error: str | None = None) -> dict[str, Any]:
+    run.manifest["status"] = status
+    run.manifest["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    started = datetime.fromisoformat(run.manifest["started_at"])
+    run.manifest["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    if error:
+        run.manifest["error"] = error
+    run.save_manifest()
+    if status == "completed" and run.run_dir is not None:
+        point_latest(run.run_dir)
+    return run.manifest
+
+
+def point_latest(run_dir: Path) -> None:
+    """Atomically repoint <month>/latest at this run (a relative symlink, replaced by rename)."""
+    link = run_dir.parent / LATEST
+    tmp = run_dir.parent / f".{LATEST}.{os.getpid()}.{time.monotonic_ns()}"
+    os.symlink(run_dir.name, tmp)
+    os.replace(tmp, link)
+
+
+def find_run(artifacts: Path, run_id: str) -> Path:
+    matches = [p.parent for p in artifacts.glob(f"*/{run_id}/{MANIFEST}")]
+    if not matches:
+        raise ParameterError("resume", f"no run {run_id!r} under {artifacts}")
+    return matches[0]
+
+
+def manifests(artifacts: Path) -> list[dict[str, Any]]:
+    """Every run's manifest under the artifacts folder, oldest first."""
+    found = []
+    for path in sorted(artifacts.glob(f"*/*/{MANIFEST}")):
+        if path.parent.name == LATEST or path.parent.is_symlink():
+            continue
+        try:
+            found.append(storage.read_json(path) | {"run_dir": str(path.parent)})
+        except (OSError, ValueError):
+            continue
+    return sorted(found, key=lambda m: m.get("run_id", ""))
+
+
+def environment() -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": platform.python_version(),
+        "packages": versions,
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

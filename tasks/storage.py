@@ -1,0 +1,84 @@
+"""Files that are either complete or absent: atomic writes, content hashes, Parquet in and out."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CHUNK = 1 << 20
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target.
+
+    A reader (or a resumed run) therefore sees the old file, the new file, or none: never half.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    """Serialise without the index; identical frames give identical bytes."""
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False, engine="pyarrow", compression="zstd")
+    return buffer.getvalue()
+
+
+def write_parquet(path: Path, df: pd.DataFrame) -> str:
+    """Write a DataFrame atomically; return the sha256 of the bytes written (hashed once, in memory)."""
+    data = parquet_bytes(df)
+    write_bytes_atomic(path, data)
+    return sha256_bytes(data)
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path, engine="pyarrow")
+
+
+def write_json(path: Path, payload: Any) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Reuse an immutable file of an earlier run without copying its bytes when the disk allows."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        write_bytes_atomic(tmp, source.read_bytes())
+    os.replace(tmp, target)
