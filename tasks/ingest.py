@@ -7,6 +7,7 @@ all-digit ids as numbers (536365, 17850.0), so every id column is normalised to 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -173,7 +174,10 @@ def _timestamps(col: pd.Series, source) -> pd.Series:
         values = col
     else:
         try:
-            values = pd.to_datetime(col, errors="coerce")
+            with warnings.catch_warnings():
+                # Unparseable values are reported below, with samples, as an InputError.
+                warnings.simplefilter("ignore", UserWarning)
+                values = pd.to_datetime(col, errors="coerce")
         except (ValueError, TypeError, OverflowError):
             values = pd.to_datetime(col, errors="coerce", format="mixed")
         bad = values.isna() & col.notna()

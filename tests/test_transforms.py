@@ -1,0 +1,194 @@
+"""The pure stage transforms on small frames whose answers are computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.clean import clean_invoices, rows_dropped
+from tasks.cluster import cluster_labels, segment_names
+from tasks.errors import InputError, ParameterError
+from tasks.features import customer_features
+from tasks.ingest import normalize_invoices
+from tasks.normalize import normalize_features
+from tasks.profile import segment_profiles, top_products
+from tasks.select_k import k_selection
+
+CUTOFF = "2011-12-01"
+
+
+def invoices(rows):
+    cols = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"]
+    df = pd.DataFrame(rows, columns=cols)
+    df["InvoiceDate"] = pd.to_datetime(df["InvoiceDate"])
+    return normalize_invoices(df)
+
+
+RAW = invoices([
+    ("536365", "85123A", "WHITE HANGING HEART", 6, "2010-12-01 08:26", 2.55, "17850", "United Kingdom"),
+    ("536365", "71053", "WHITE METAL LANTERN", 6, "2010-12-01 08:26", 3.39, "17850", "United Kingdom"),
+    ("C536379", "D", "Discount", -1, "2010-12-01 09:41", 27.50, "14527", "United Kingdom"),
+    ("536380", "22961", "JAM MAKING SET", 24, "2010-12-01 09:41", 1.45, None, "United Kingdom"),
+    ("536381", "22961", "JAM MAKING SET", 10, "2010-12-02 10:00", 1.45, "17850", "United Kingdom"),
+    ("536390", "22961", "JAM MAKING SET", 3, "2011-12-01 00:00", 1.45, "12583", "France"),
+    ("536391", "21754", "HOME BUILDING BLOCK", 0, "2011-01-05 10:00", 5.95, "12583", "France"),
+    ("536392", "21754", "HOME BUILDING BLOCK", 2, "2011-01-05 10:00", 5.95, "12583", "France"),
+])
+
+
+def test_clean_applies_the_three_rules_and_adds_sales():
+    clean = clean_invoices(RAW, CUTOFF)
+    assert clean["InvoiceNo"].tolist() == ["536365", "536365", "536381", "536392"]
+    assert clean["Sales"].tolist() == pytest.approx([15.30, 20.34, 14.50, 11.90])
+    assert clean["Quantity"].dtype == "int64"
+
+
+def test_rows_dropped_charges_each_row_to_the_first_rule():
+    # Cancellation (-1) and zero quantity -> rule 1; blank customer -> rule 2; 2011-12-01 -> rule 3.
+    assert rows_dropped(RAW, CUTOFF) == {
+        "cancelled_or_zero_quantity": 2, "missing_customer": 1, "on_or_after_cutoff": 1,
+    }
+
+
+def test_features_per_customer_with_one_order_customers():
+    features = customer_features(clean_invoices(RAW, CUTOFF))
+    assert features["CustomerID"].tolist() == ["12583", "17850"]
+    assert features["TotalSales"].tolist() == pytest.approx([11.90, 50.14])
+    assert features["OrderCount"].tolist() == [1, 2]  # two lines of 536365 are one order
+    assert features["AvgOrderValue"].tolist() == pytest.approx([11.90, 25.07])
+    assert features["OrderCount"].dtype == "int64"
+
+
+def test_normalize_breaks_rank_ties_by_row_order_and_uses_sample_std():
+    features = pd.DataFrame({
+        "CustomerID": ["a", "b", "c", "d"],
+        "TotalSales": [10.0, 10.0, 5.0, 20.0],  # tie: a ranks before b
+        "OrderCount": [1, 1, 1, 1],  # all tied: ranks 1..4 in row order
+        "AvgOrderValue": [10.0, 10.0, 5.0, 20.0],
+    })
+    normalized = normalize_features(features)
+    ranks = np.array([2, 3, 1, 4.0])
+    expected = (ranks - 2.5) / np.std([1, 2, 3, 4], ddof=1)
+    assert normalized["TotalSales"].to_numpy() == pytest.approx(expected)
+    assert normalized["OrderCount"].to_numpy() == pytest.approx((np.arange(1, 5) - 2.5) / np.std([1, 2, 3, 4], ddof=1))
+    assert normalized["CustomerID"].tolist() == ["a", "b", "c", "d"]
+
+
+def test_excel_float_ids_become_plain_strings():
+    raw = pd.DataFrame({
+        "InvoiceNo": [536365, "C536379", 536366.0],
+        "StockCode": [71053, "85123A", 22961.0],
+        "Description": ["A", "B", None],
+        "Quantity": [6.0, -1.0, 2.0],
+        "InvoiceDate": ["2010-12-01 08:26", "2010-12-01 09:41", "2010-12-01 10:00"],
+        "UnitPrice": ["2.55", 27.5, 1],
+        "CustomerID": [17850.0, np.nan, 13047.0],
+        "Country": ["United Kingdom"] * 3,
+    })
+    out = normalize_invoices(raw)
+    assert out["InvoiceNo"].tolist() == ["536365", "C536379", "536366"]
+    assert out["StockCode"].tolist() == ["71053", "85123A", "22961"]
+    assert out["CustomerID"].iloc[[0, 2]].tolist() == ["17850", "13047"]
+    assert pd.isna(out["CustomerID"].iloc[1])
+    assert out["Quantity"].dtype == "int64" and out["Quantity"].tolist() == [6, -1, 2]
+    assert out["UnitPrice"].dtype == "float64"
+    assert str(out["InvoiceDate"].dtype) == "datetime64[ns]"
+
+
+@pytest.mark.parametrize("column, value, words", [
+    ("Quantity", "six", "not numbers"),
+    ("Quantity", 1.5, "not whole numbers"),
+    ("UnitPrice", "free", "not numbers"),
+    ("InvoiceDate", "yesterday", "not dates"),
+])
+def test_bad_values_name_the_column(column, value, words):
+    raw = RAW.copy().astype({column: "object"})
+    raw.loc[0, column] = value
+    with pytest.raises(InputError) as err:
+        normalize_invoices(raw, source="export.csv")
+    assert err.value.column == column and words in str(err.value) and "export.csv" in str(err.value)
+
+
+def test_missing_column_names_what_was_found():
+    with pytest.raises(InputError, match="CustomerID.*'Customer ID'"):
+        normalize_invoices(RAW.rename(columns={"CustomerID": "Customer ID"}))
+
+
+def blobs(seed=0, per=60):
+    """Four well separated groups in 3-D, so the right k is known."""
+    rng = np.random.default_rng(seed)
+    centers = np.array([[1.2, 1.2, 1.2], [-1.2, -1.2, -1.2], [0.3, -1.2, 1.2], [-0.3, 1.2, -1.2]])
+    points = np.vstack([c + rng.normal(0, 0.12, (per, 3)) for c in centers])
+    frame = pd.DataFrame(points, columns=["TotalSales", "OrderCount", "AvgOrderValue"])
+    frame.insert(0, "CustomerID", [f"{i:05d}" for i in range(len(frame))])
+    return frame
+
+
+def test_select_k_finds_planted_k_and_scores_only_the_silhouette_range():
+    table = k_selection(blobs(), k_min=3, k_max=6)
+    assert table["k"].tolist() == list(range(2, 11))
+    assert table.loc[table["chosen"], "k"].item() == 4
+    assert table.loc[table["best_silhouette"], "k"].item() == 4
+    assert table.loc[table["elbow"], "k"].item() == 4
+    assert table.set_index("k")["silhouette"].loc[[3, 4, 5, 6]].notna().all()
+    assert table.set_index("k")["silhouette"].loc[[2, 7, 8, 9, 10]].isna().all()
+    assert table["sse"].is_monotonic_decreasing
+
+
+def test_select_k_honours_a_given_k_and_rejects_too_few_customers():
+    table = k_selection(blobs(), k=5)
+    assert table.loc[table["chosen"], "k"].item() == 5
+    with pytest.raises(ParameterError, match="only 6 customers"):
+        k_selection(blobs(per=2)[:6], k_min=4, k_max=8)
+
+
+def test_cluster_numbers_segments_by_total_sales_and_names_them():
+    normalized = blobs()
+    features = normalized.copy()
+    features["TotalSales"] = np.exp(normalized["TotalSales"] * 3)
+    features["OrderCount"] = (np.exp(normalized["OrderCount"]) * 3).round().astype("int64") + 1
+    features["AvgOrderValue"] = features["TotalSales"] / features["OrderCount"]
+    labels = cluster_labels(features, normalized, k_selection(normalized, k=4))
+    assert len(labels) == len(features) and labels["CustomerID"].is_unique
+    sales = labels.groupby("segment")["TotalSales"].sum()
+    assert sales.is_monotonic_decreasing
+    names = labels.groupby("segment")["segment_name"].first()
+    assert names.loc[0] == "High value: frequent, big spenders"
+    assert set(names) == {"High value: frequent, big spenders", "Low value: rare, small orders",
+                          "Big orders, infrequent", "Frequent, small orders"}
+    # Each planted group of 60 is one segment.
+    assert labels.groupby(labels.index // 60)["segment"].nunique().eq(1).all()
+
+
+def test_segment_names_are_unique_when_k_exceeds_four():
+    centers = pd.DataFrame({"TotalSales": [1, 0.5, -1], "OrderCount": [1, 0.8, -1], "AvgOrderValue": [1, 0.5, -1]})
+    names = segment_names(centers)
+    assert names.tolist() == ["High value: frequent, big spenders (1)", "High value: frequent, big spenders (2)",
+                              "Low value: rare, small orders"]
+
+
+def test_profiles_and_top_products():
+    labels = pd.DataFrame({
+        "CustomerID": ["a", "b", "c"], "TotalSales": [30.0, 10.0, 2.0], "OrderCount": [2, 1, 1],
+        "AvgOrderValue": [15.0, 10.0, 2.0], "TotalSales_norm": [1.0, 0.0, -1.0],
+        "OrderCount_norm": [1.0, -0.5, -0.5], "AvgOrderValue_norm": [1.0, 0.0, -1.0],
+        "segment": [0, 0, 1], "segment_name": ["High", "High", "Low"],
+    })
+    profiles = segment_profiles(labels)
+    assert profiles["size"].tolist() == [2, 1]
+    assert profiles["share"].tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert profiles["mean_TotalSales"].tolist() == [20.0, 2.0]
+    assert profiles["median_OrderCount"].tolist() == [1.5, 1.0]
+    assert profiles["center_OrderCount"].tolist() == [0.25, -0.5]
+    clean = pd.DataFrame({
+        "CustomerID": ["a", "a", "a", "b", "c"], "InvoiceNo": ["1", "1", "2", "3", "4"],
+        "StockCode": ["X", "Y", "X", "Y", "Z"], "Description": ["x", "y", "x", "Y!", "z"],
+        "Quantity": [1, 5, 2, 1, 7], "Sales": [1.0, 5.0, 2.0, 1.0, 7.0],
+    })
+    top = top_products(clean, labels)
+    seg0 = top[top["segment"] == 0]
+    # X: orders {1, 2} = 2; Y: orders {1, 3} = 2, revenue 6 > 3 so Y ranks first.
+    assert seg0[["StockCode", "orders", "quantity", "revenue", "rank"]].values.tolist() == [
+        ["Y", 2, 6, 6.0, 1], ["X", 2, 3, 3.0, 2]]
+    assert top.loc[top["StockCode"] == "Z", "Description"].item() == "z"
