@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -71,10 +72,44 @@ def write_table(df, out: Path) -> None:
         raise typer.BadParameter(f"unsupported file type {suffix or '(none)'}; use .parquet, .csv or .xlsx", param_hint="--out")
 
 
+class _ConsoleFilter(logging.Filter):
+    """Keep the terminal for the run's outcome: run logs stay in the Prefect UI and API.
+
+    Without --verbose only warnings from outside the flow and task runs reach the console, and
+    never a pipeline error's traceback: the command prints that error as one paragraph.
+    """
+
+    RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tasks.errors import PipelineError
+
+        if record.exc_info and isinstance(record.exc_info[1], PipelineError):
+            return False
+        if self.verbose:
+            return True
+        return record.levelno >= logging.WARNING and not record.name.startswith(self.RUN_LOGGERS)
+
+
+def _quiet_console(verbose: bool) -> None:
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    setup_logging()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_ConsoleFilter(verbose))
+
+
 def _finish(call, artifacts: Path, json_out: bool, verbose: bool) -> None:
     """Run a flow call and end the command the same way for run and resume: summary, JSON, exit code."""
     from tasks.errors import PipelineError
 
+    _quiet_console(verbose)
     try:
         manifest = call()
     except PipelineError as exc:

@@ -47,7 +47,13 @@ ingest, clean, features, normalize, select_k, cluster, profile, plots = map(
 )
 
 
-@flow(name=FLOW_NAME, persist_result=False, validate_parameters=True)
+def initial_flow_run_name() -> str:
+    """The month is known at start only when given; otherwise the run is renamed after ingest."""
+    as_of = flow_run.get_parameters().get("as_of")
+    return f"segmentation-{str(as_of)[:7]}" if as_of else "segmentation-(reading input)"
+
+
+@flow(name=FLOW_NAME, flow_run_name=initial_flow_run_name, persist_result=False, validate_parameters=True)
 def segmentation(
     input_path: str = DEFAULT_INPUT,
     as_of: str | None = None,
@@ -63,6 +69,7 @@ def segmentation(
     try:
         ingest(quote(run))
         runs.open_folder(run)
+        label_flow_run(run)
         clean(quote(run))
         features(quote(run))
         normalize(quote(run))
@@ -76,6 +83,22 @@ def segmentation(
     manifest = runs.finish(run, "completed")
     get_run_logger().info("Run %s completed: %s", manifest["run_id"], run.run_dir)
     return manifest
+
+
+def label_flow_run(run: Run) -> None:
+    """Name the flow run after its month and tag it, so the UI's run list reads as a history."""
+    flow_run_id = flow_run.get_id()
+    if flow_run_id is None:
+        return
+    from prefect.client.orchestration import get_client
+
+    tags = sorted({*flow_run.get_tags(), *run_tags(run)})
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run_id, name=f"segmentation-{run.params['as_of']}", tags=tags)
+
+
+def run_tags(run: Run) -> list[str]:
+    return [f"as-of:{run.params['as_of']}", f"input:{run.params['input_sha256'][:12]}"]
 
 
 def prepare_run(input_path, as_of, k, k_min, k_max, artifacts, refresh, from_stage) -> Run:
