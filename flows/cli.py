@@ -23,7 +23,10 @@ app = typer.Typer(
 
 ArtifactsOption = Annotated[Path, typer.Option("--artifacts", help="Folder holding the run folders.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="End stdout with one JSON line describing the run.")]
-VerboseOption = Annotated[bool, typer.Option("--verbose", help="Show tracebacks on errors.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", help="Show Prefect's run logs and tracebacks.")]
+RefreshOption = Annotated[bool, typer.Option("--refresh", help="Recompute every stage, ignoring cached outputs.")]
+FromStageOption = Annotated[Optional[str], typer.Option(
+    "--from-stage", help="Recompute this stage and all after it: ingest, clean, features, normalize, select_k, cluster, profile, plots.")]
 
 
 @app.command()
@@ -34,14 +37,67 @@ def run(
     k_min: Annotated[int, typer.Option("--k-min", help="Smallest k scored by silhouette.")] = 4,
     k_max: Annotated[int, typer.Option("--k-max", help="Largest k scored by silhouette.")] = 8,
     artifacts: ArtifactsOption = Path("artifacts"),
+    refresh: RefreshOption = False,
+    from_stage: FromStageOption = None,
     json_out: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Run the segmentation on an invoice export and write a new versioned run folder."""
+    """Run the segmentation on an invoice export and write a new versioned run folder.
+
+    Stages whose inputs, parameters and code are unchanged reuse their verified cached outputs.
+    """
     from flows.pipeline import segmentation
 
-    parameters = dict(input_path=str(input), as_of=as_of, k=k, k_min=k_min, k_max=k_max, artifacts=str(artifacts))
-    _finish(lambda: segmentation(**parameters), artifacts, json_out, verbose)
+    parameters = dict(input_path=str(input), as_of=as_of, k=k, k_min=k_min, k_max=k_max,
+                      artifacts=str(artifacts), refresh=refresh, from_stage=from_stage)
+    _finish(lambda: segmentation(**parameters), json_out, verbose)
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(help="Run id, as printed by `segment run` and `segment history`.")],
+    artifacts: ArtifactsOption = Path("artifacts"),
+    refresh: RefreshOption = False,
+    from_stage: FromStageOption = None,
+    json_out: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Complete a failed or interrupted run in its own folder: finished stages are reused."""
+    from flows.pipeline import segmentation
+
+    _finish(lambda: segmentation(run_id=run_id, artifacts=str(artifacts), refresh=refresh, from_stage=from_stage),
+            json_out, verbose)
+
+
+@app.command()
+def history(
+    artifacts: ArtifactsOption = Path("artifacts"),
+    prefect: Annotated[bool, typer.Option("--prefect", help="List flow runs from the Prefect API instead of the manifests.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per run instead of a table.")] = False,
+    limit: Annotated[int, typer.Option("--limit", help="Most recent runs to list (Prefect API).")] = 50,
+) -> None:
+    """List past runs: month, run id, status, k, customers, input sha256 prefix, duration."""
+    from flows import audit
+
+    rows = audit.prefect_history(limit) if prefect else audit.manifest_history(artifacts)
+    if json_out:
+        for row in rows:
+            typer.echo(json.dumps(row))
+    else:
+        typer.echo(audit.format_table(rows))
+
+
+@app.command()
+def serve(
+    cron: Annotated[str, typer.Option("--cron", help="When to run (cron, in --timezone).")] = "0 6 1 * *",
+    timezone: Annotated[str, typer.Option("--timezone", help="IANA time zone of the cron schedule.")] = "UTC",
+    landing: Annotated[Path, typer.Option("--landing", help="File or folder of exports that scheduled runs read.")] = Path("data/incoming"),
+    artifacts: ArtifactsOption = Path("artifacts"),
+) -> None:
+    """Serve the flow as the deployment "monthly-segmentation" on a cron schedule (runs until stopped)."""
+    from flows.deployment import serve_monthly
+
+    serve_monthly(cron=cron, timezone=timezone, landing=str(landing), artifacts=str(artifacts))
 
 
 @app.command()
@@ -105,20 +161,30 @@ def _quiet_console(verbose: bool) -> None:
             handler.addFilter(_ConsoleFilter(verbose))
 
 
-def _finish(call, artifacts: Path, json_out: bool, verbose: bool) -> None:
+def _finish(call, json_out: bool, verbose: bool) -> None:
     """Run a flow call and end the command the same way for run and resume: summary, JSON, exit code."""
     from tasks.errors import PipelineError
 
     _quiet_console(verbose)
     try:
         manifest = call()
-    except PipelineError as exc:
+    except Exception as exc:
         if verbose:
             import traceback
 
             traceback.print_exc()
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        manifest = getattr(exc, "manifest", None)
+        if isinstance(exc, PipelineError):
+            message, code = str(exc), exc.exit_code
+        else:
+            message, code = f"{type(exc).__name__}: {exc} (rerun with --verbose for the traceback)", 1
+        if manifest and manifest.get("run_dir"):
+            message += f" Run {manifest['run_id']} is kept in {manifest['run_dir']}; after fixing the cause, " \
+                       f"`segment resume {manifest['run_id']}` completes it."
+        typer.echo(f"Error: {message}", err=True)
+        if json_out and manifest:
+            typer.echo(json.dumps(run_summary(manifest) | {"error": str(exc)}))
+        raise typer.Exit(code) from None
     typer.echo(summary_text(manifest))
     if json_out:
         typer.echo(json.dumps(run_summary(manifest)))
@@ -136,7 +202,7 @@ def run_summary(manifest: dict) -> dict:
         "silhouette": k_facts.get("silhouette"),
         "customers": stages.get("features", {}).get("metrics", {}).get("customers"),
         "rows_clean": stages.get("clean", {}).get("metrics", {}).get("rows_clean"),
-        "input_sha256": manifest["input"]["sha256"],
+        "input_sha256": manifest.get("input", {}).get("sha256"),
         "flow_run_id": manifest.get("flow_run_id"),
     }
 

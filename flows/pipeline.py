@@ -19,6 +19,7 @@ from prefect.runtime import flow_run  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
 
+from flows import audit  # noqa: E402
 from tasks import runs  # noqa: E402
 from tasks.runner import Run, Stage, run_stage  # noqa: E402
 from tasks.stages import (  # noqa: E402
@@ -26,6 +27,8 @@ from tasks.stages import (  # noqa: E402
 )
 
 FLOW_NAME = "customer-segmentation"
+# The as-of value a scheduled deployment passes: the month of the run's scheduled start.
+SCHEDULED = "scheduled"
 DEFAULT_INPUT = "data/incoming"
 
 
@@ -39,7 +42,24 @@ def stage_task(stage: Stage):
         return record
 
     run.__name__ = stage.name
-    return task(name=stage.name, cache_policy=NO_CACHE, persist_result=False)(run)
+    return task(
+        name=stage.name, cache_policy=NO_CACHE, persist_result=False,
+        retries=stage.retries, retry_delay_seconds=[2 ** n for n in range(stage.retries)] or 0,
+        retry_condition_fn=retry_transient_only,
+    )(run)
+
+
+def retry_transient_only(task, task_run, state) -> bool:
+    """Retry I/O hiccups; a data-quality or input error would fail the same way again."""
+    from tasks.errors import PipelineError
+
+    try:
+        state.result()
+    except PipelineError:
+        return False
+    except Exception:
+        return True
+    return False
 
 
 ingest, clean, features, normalize, select_k, cluster, profile, plots = map(
@@ -63,9 +83,14 @@ def segmentation(
     artifacts: str = "artifacts",
     refresh: bool = False,
     from_stage: str | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Segment customers from invoice lines; returns the run's manifest."""
-    run = prepare_run(input_path, as_of, k, k_min, k_max, artifacts, refresh, from_stage)
+    """Segment customers from invoice lines; returns the run's manifest.
+
+    With run_id, the other parameters come from that run's manifest and the run is completed in
+    its own folder (resume). A retry of the same flow run does the same.
+    """
+    run = prepare_run(input_path, as_of, k, k_min, k_max, artifacts, refresh, from_stage, run_id)
     try:
         ingest(quote(run))
         runs.open_folder(run)
@@ -78,9 +103,11 @@ def segmentation(
         profile(quote(run))
         plots(quote(run))
     except BaseException as exc:
-        runs.finish(run, "failed", error=str(exc))
+        # The caller (CLI, tests) gets the run's state along with the error.
+        exc.manifest = runs.finish(run, "failed", error=str(exc))
         raise
     manifest = runs.finish(run, "completed")
+    audit.publish(manifest)
     get_run_logger().info("Run %s completed: %s", manifest["run_id"], run.run_dir)
     return manifest
 
@@ -101,8 +128,14 @@ def run_tags(run: Run) -> list[str]:
     return [f"as-of:{run.params['as_of']}", f"input:{run.params['input_sha256'][:12]}"]
 
 
-def prepare_run(input_path, as_of, k, k_min, k_max, artifacts, refresh, from_stage) -> Run:
+def prepare_run(input_path, as_of, k, k_min, k_max, artifacts, refresh, from_stage, run_id) -> Run:
     artifacts_dir = Path(artifacts)
+    to_refresh = stages_to_refresh(refresh, from_stage)
+    earlier = runs.find_run(artifacts_dir, run_id) if run_id else runs.find_flow_run(artifacts_dir, flow_run.get_id())
+    if earlier is not None:
+        return runs.reopen(earlier, flow_run_id=flow_run.get_id(), refresh=to_refresh)
+    if as_of == SCHEDULED:
+        as_of = scheduled_month()
     fingerprint = runs.input_fingerprint(Path(input_path))
     params = {
         "input_path": str(input_path),
@@ -114,9 +147,29 @@ def prepare_run(input_path, as_of, k, k_min, k_max, artifacts, refresh, from_sta
     }
     runs.parse_month(as_of)
     return runs.start(
-        artifacts_dir, params, run_id=None, flow_run_id=flow_run.get_id(),
-        refresh=stages_to_refresh(refresh, from_stage),
+        artifacts_dir, params, run_id=None, flow_run_id=flow_run.get_id(), refresh=to_refresh,
     )
+
+
+def scheduled_month() -> str:
+    """The month of this run's scheduled start, in the deployment schedule's time zone.
+
+    The run scheduled for 2012-01-01 06:00 therefore segments the invoices before 2012-01-01.
+    """
+    start = flow_run.get_scheduled_start_time()
+    from prefect.runtime import deployment
+
+    deployment_id = deployment.get_id()
+    zone = "UTC"
+    if deployment_id:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            schedules = client.read_deployment(deployment_id).schedules
+        zone = next((getattr(s.schedule, "timezone", None) for s in schedules if getattr(s.schedule, "timezone", None)), "UTC")
+    from zoneinfo import ZoneInfo
+
+    return start.astimezone(ZoneInfo(zone)).strftime("%Y-%m")
 
 
 def stages_to_refresh(refresh: bool, from_stage: str | None) -> frozenset[str]:

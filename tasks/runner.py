@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from tasks.errors import PipelineError
 
 # Bump when the runner changes what it writes, so every cached output is recomputed once.
 RUNNER_VERSION = "1"
+FAULT_SWITCH = "SEGMENT_FAULT"
 PACKAGE = __name__.split(".")[0]
 ENTRY = "entry.json"
 
@@ -49,6 +51,8 @@ class Stage:
     key_params: tuple[str, ...] | None = None
     metrics: Callable[[Mapping[str, pd.DataFrame], Mapping[str, Any]], dict] | None = None
     figures: bool = False
+    # Retries for transient I/O errors (a flaky network share); data errors are never retried.
+    retries: int = 0
     # Shared outputs stay in the cache only (the parsed input is the same for every run of a file).
     shared: bool = False
 
@@ -164,6 +168,7 @@ def run_stage(stage: Stage, run: Run) -> dict[str, Any]:
 
 
 def _compute(stage: Stage, run: Run, entry_dir: Path) -> dict[str, Any]:
+    _injected_fault(stage.name, "fail")
     inputs = {d: run.frame(d) for d in stage.inputs}
     params = {p: run.params.get(p) for p in stage.params}
     result = stage.transform(*inputs.values(), **params)
@@ -186,6 +191,7 @@ def _compute(stage: Stage, run: Run, entry_dir: Path) -> dict[str, Any]:
     for relname, data in files.items():
         sha = storage.sha256_bytes(data)
         storage.write_bytes_atomic(entry_dir / relname, data)
+        _injected_fault(stage.name, "hang")
         dataset = produced.get(Path(relname).stem)
         outputs[Path(relname).stem if dataset is not None else relname] = {
             "file": relname,
@@ -215,6 +221,23 @@ def _gate(stage: Stage, run: Run, dataset: str, df: pd.DataFrame, data: bytes) -
         run.record(stage.name, status="failed", gates={dataset: summary}, error=error_message)
         raise QualityError(stage.name, dataset, error_message, report_path)
     return summary
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by the fault-injection switch, to exercise failure and resume."""
+
+
+def _injected_fault(stage: str, kind: str) -> None:
+    """SEGMENT_FAULT=<stage>:fail raises in that stage; <stage>:hang stops it half-written.
+
+    Operators use it to rehearse a failed run's retry and resume; the tests use it too.
+    """
+    if os.environ.get(FAULT_SWITCH, "") != f"{stage}:{kind}":
+        return
+    if kind == "fail":
+        raise InjectedFault(f"stage {stage} failed on purpose ({FAULT_SWITCH}={stage}:fail)")
+    while True:  # until killed: the stage's first output file is written, the entry is not
+        time.sleep(1)
 
 
 def _verified_entry(entry_dir: Path) -> dict[str, Any] | None:

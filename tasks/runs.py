@@ -72,8 +72,51 @@ def start(artifacts: Path, params: dict[str, Any], *, run_id: str | None, flow_r
     return Run(artifacts=artifacts, params=params, manifest=manifest, refresh=refresh)
 
 
+def reopen(run_dir: Path, *, flow_run_id: str | None, refresh: frozenset[str] = frozenset()) -> Run:
+    """Continue a run in its own folder (resume, or Prefect's retry of the same flow run).
+
+    Stages whose cached outputs are intact are reused, so only the failed stage and those after
+    it are computed. The input must be unchanged, or the folder would mix two inputs.
+    """
+    manifest = storage.read_json(run_dir / MANIFEST)
+    recorded = manifest["input"]
+    current = input_fingerprint(Path(recorded["path"]))
+    if current["sha256"] != recorded["sha256"]:
+        raise ParameterError(
+            "resume",
+            f"the input {recorded['path']} changed since run {manifest['run_id']} started "
+            f"(sha256 {recorded['sha256'][:12]} then, {current['sha256'][:12]} now); start a new run instead",
+        )
+    params = dict(manifest["parameters"], input_path=recorded["path"], input_sha256=recorded["sha256"],
+                  cutoff=manifest["cutoff"])
+    manifest.update(status="running", finished_at=None)
+    manifest.pop("error", None)
+    manifest.setdefault("resumed", []).append(
+        {"flow_run_id": flow_run_id, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    )
+    run = Run(artifacts=run_dir.parent.parent, params=params, manifest=manifest, run_dir=run_dir, refresh=refresh)
+    run.save_manifest()
+    return run
+
+
+def find_flow_run(artifacts: Path, flow_run_id: str | None) -> Path | None:
+    """The folder an earlier attempt of this same Prefect flow run created, if any (a retry)."""
+    if not flow_run_id:
+        return None
+    short = flow_run_id.replace("-", "")[:8]
+    for path in sorted(artifacts.glob(f"*/*-{short}/{MANIFEST}")):
+        try:
+            if storage.read_json(path).get("flow_run_id") == flow_run_id:
+                return path.parent
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def open_folder(run: Run) -> Path:
     """Fix the as-of month and cutoff from the data when not given, and create the run folder."""
+    if run.run_dir is not None:  # a resumed run has its folder and month already
+        return run.run_dir
     requested = parse_month(run.params.get("as_of"))
     if requested is None:
         newest = run.frame("raw_invoices")["InvoiceDate"].max()

@@ -46,7 +46,7 @@ def _k_metrics(frames: Frames, params: Mapping[str, Any]) -> dict[str, Any]:
 
 INGEST = Stage(
     "ingest", read_invoices, outputs=("raw_invoices",),
-    params=("input_path",), key_params=("input_sha256",), shared=True,
+    params=("input_path",), key_params=("input_sha256",), shared=True, retries=2,
     metrics=lambda frames, params: {"rows_raw": len(frames["raw_invoices"])},
 )
 CLEAN = Stage(
