@@ -203,7 +203,8 @@ def run_summary(manifest: dict) -> dict:
         "customers": stages.get("features", {}).get("metrics", {}).get("customers"),
         "rows_clean": stages.get("clean", {}).get("metrics", {}).get("rows_clean"),
         "input_sha256": manifest.get("input", {}).get("sha256"),
-        "flow_run_id": manifest.get("flow_run_id"),
+        # A resumed run reports the flow run that completed it.
+        "flow_run_id": (manifest.get("resumed") or [manifest])[-1].get("flow_run_id"),
     }
 
 
@@ -217,6 +218,13 @@ def summary_text(manifest: dict) -> str:
     ]
     for rule, n in clean.get("rows_dropped", {}).items():
         lines.append(f"  dropped {n:>9,} rows: {rule.replace('_', ' ')}")
+    gated = [(d, g) for r in manifest["stages"].values() for d, g in (r.get("gates") or {}).items() if g]
+    if gated:
+        gates = [g for _, g in gated]
+        warnings = [f"{d}: {w}" for d, g in gated for w in g.get("warnings", [])]
+        lines.append(f"  quality: {sum(g['success'] for g in gates)} of {len(gates)} gates passed, "
+                     f"{sum(g['evaluated'] for g in gates)} expectations, {len(warnings)} warning(s)")
+        lines += [f"    {w}" for w in warnings]
     profiles = Path(manifest["run_dir"]) / "segment_profiles.parquet"
     if profiles.exists():
         import pandas as pd

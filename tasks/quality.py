@@ -27,9 +27,14 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
+
+# GX reads this when it is imported, which may happen elsewhere first; setting it here (cheap)
+# keeps usage statistics off whichever module imports GX.
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
 
 CRITICAL, WARNING, INFO = "critical", "warning", "info"
 SAMPLE_SIZE = 5
@@ -48,6 +53,7 @@ _EXPRESSION_BUILTINS = frozenset(
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _SITE_NAME = "quality"
+_TYPE_EXPECTATIONS = frozenset({"expect_column_values_to_be_of_type", "expect_column_values_to_be_in_type_list"})
 
 
 class SuiteError(ValueError):
@@ -72,6 +78,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class GateResult:
+    """The outcome of one dataset's gate; ``report`` is GX's own result plus ``meta.gate``."""
+
     dataset: str
     success: bool
     evaluated: int
@@ -88,12 +96,18 @@ class GateResult:
         return f"Dataset {self.dataset} failed its quality gate ({len(self.failed_critical)} critical): {lines}"
 
     def summary(self) -> dict[str, Any]:
-        """Small JSON-able digest for a run manifest (the full report is kept separately)."""
+        """Small JSON-able digest for a run manifest (the full report is kept separately).
+
+        Counts and one-line texts for tables; ``findings`` keeps the structured form.
+        """
         return {
             "success": self.success,
             "evaluated": self.evaluated,
-            "failed_critical": [_finding_dict(f) for f in self.failed_critical],
-            "failed_warning": [_finding_dict(f) for f in self.failed_warning],
+            "failed_critical": len(self.failed_critical),
+            "failed_warning": len(self.failed_warning),
+            "critical": [f.describe() for f in self.failed_critical],
+            "warnings": [f.describe() for f in self.failed_warning],
+            "findings": [_finding_dict(f) for f in self.failed_critical + self.failed_warning],
             "seconds": round(self.seconds, 3),
         }
 
@@ -110,8 +124,9 @@ def validate(
     the suite refers to but that is missing raises ValueError before anything is evaluated,
     except ``run_date``, which defaults to now.
     """
-    started = time.perf_counter()
     state = _gx_state()
+    # The one-time GX import and context build are not charged to the first dataset.
+    started = time.perf_counter()
     loaded = state.suite(Path(suites_dir) / f"{dataset}.json")
     expectation_parameters = _expectation_parameters(dataset, loaded.required, parameters)
     frame = _comparable_datetimes(df)
@@ -123,7 +138,8 @@ def validate(
         )
         report = result.to_json_dict()
 
-    findings = [_finding(r) for r in report["results"] if not r.get("success")]
+    dtypes = {str(c): str(t) for c, t in df.dtypes.items()}
+    findings = [_finding(r, dtypes) for r in report["results"] if not r.get("success")]
     failed_critical = [f for f in findings if f.severity == CRITICAL]
     failed_warning = [f for f in findings if f.severity == WARNING]
     success = not failed_critical
@@ -174,31 +190,24 @@ def build_data_docs(
     out_dir = Path(out_dir).resolve()
     items = _report_items(reports)
 
+    from great_expectations.core.expectation_validation_result import (
+        expectationSuiteValidationResultSchema,
+    )
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context import set_context
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
     with state.lock:
-        gx = state.gx
-        from great_expectations.core.expectation_validation_result import (
-            ExpectationSuiteValidationResult,
-        )
-        from great_expectations.core.run_identifier import RunIdentifier
-        from great_expectations.data_context.types.resource_identifiers import (
-            ExpectationSuiteIdentifier,
-            ValidationResultIdentifier,
-        )
-
-        from great_expectations.data_context import set_context
-
         # A context of its own: the site shows exactly these reports, even when they were
         # produced by other processes, and nothing from earlier builds.
-        context = gx.get_context(mode="ephemeral", project_config=_project_config())
+        context = state.gx.get_context(mode="ephemeral", project_config=_project_config())
         try:
             for dataset, report in items:
-                result = ExpectationSuiteValidationResult(
-                    success=report["success"],
-                    results=report["results"],
-                    suite_name=report.get("suite_name") or dataset,
-                    suite_parameters=report.get("suite_parameters") or {},
-                    statistics=report.get("statistics") or {},
-                    meta=report.get("meta") or {},
+                result = expectationSuiteValidationResultSchema.load(
+                    {**report, "suite_name": report.get("suite_name") or dataset}
                 )
                 run = (report.get("meta") or {}).get("run_id") or {}
                 run_id = RunIdentifier(
@@ -214,6 +223,8 @@ def build_data_docs(
                 if suites_dir is not None and (Path(suites_dir) / f"{dataset}.json").is_file():
                     suite = state.suite(Path(suites_dir) / f"{dataset}.json").suite
                     if not any(s.name == suite.name for s in context.suites.all()):
+                        # Adding binds a suite to the context and gives it ids: add a copy, so
+                        # the cached suite used for validation stays unbound.
                         context.suites.add(_copy_suite(suite))
 
             context.add_data_docs_site(
@@ -251,8 +262,7 @@ class _LoadedSuite:
 
 class _GxState:
     def __init__(self) -> None:
-        # Must be set before GX is imported; also recorded in the context config below.
-        os.environ["GX_ANALYTICS_ENABLED"] = "false"
+        os.environ["GX_ANALYTICS_ENABLED"] = "false"  # again, in case it was changed since
         import great_expectations as gx
 
         _register_custom_expectations()
@@ -382,9 +392,12 @@ def _expectation_parameters(
         value = given[name]
         if name in TIMESTAMP_PARAMETERS or isinstance(value, (date, datetime, pd.Timestamp)):
             try:
-                value = pd.Timestamp(value).isoformat()
+                stamp = pd.Timestamp(value)
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"Parameter {name}={value!r} is not a timestamp: {exc}") from None
+            # Invoice dates are naive (ingest drops any zone); an aware bound cannot be compared
+            # with them, so it is expressed in UTC without zone.
+            value = (stamp.tz_convert(None) if stamp.tzinfo is not None else stamp).isoformat()
         elif hasattr(value, "item") and not isinstance(value, (str, bytes)):
             value = value.item()  # numpy scalars: plain numbers keep the report JSON-able
         used[name] = value
@@ -398,30 +411,57 @@ def _comparable_datetimes(df: pd.DataFrame) -> pd.DataFrame:
     expectations/metrics/column_map_metrics/column_values_between.py); pandas 3 creates
     datetime64[us] from strings, which falls back to a Python-level map (about 10x slower).
     """
-    changes = {}
-    for name in df.columns:
-        dtype = df[name].dtype
-        if pd.api.types.is_datetime64_any_dtype(dtype) and getattr(dtype, "unit", "ns") != "ns":
-            try:
-                changes[name] = df[name].dt.as_unit("ns")
-            except (OverflowError, ValueError):
-                pass  # outside the ns range: keep it, the slow path still gives the right answer
-    return df.assign(**changes) if changes else df
+    frame = df
+    for position, dtype in enumerate(df.dtypes):
+        if not pd.api.types.is_datetime64_any_dtype(dtype):
+            continue
+        # A tz-aware dtype has .unit; a numpy datetime64 dtype carries it in datetime_data.
+        if (getattr(dtype, "unit", None) or np.datetime_data(dtype)[0]) == "ns":
+            continue
+        try:
+            converted = df.iloc[:, position].dt.as_unit("ns")
+        except (OverflowError, ValueError):
+            continue  # outside the ns range: keep it, the slow path still gives the right answer
+        if frame is df:
+            frame = df.copy(deep=False)  # never change the caller's frame
+        frame.isetitem(position, converted)
+    return frame
 
 
 # --- reading results -----------------------------------------------------------------------------
 
 
-def _finding(result: dict) -> Finding:
+def _finding(result: dict, dtypes: Mapping[str, str]) -> Finding:
     config = result.get("expectation_config") or {}
     kwargs = config.get("kwargs") or {}
+    observed = _observed(result)
+    column = _column_of(kwargs)
+    if config.get("type") in _TYPE_EXPECTATIONS and column in dtypes and not _exception_message(result):
+        # GX reports the dtype's scalar type, e.g. "int64" for a nullable Int64 column.
+        observed = f"dtype {dtypes[column]}"
+    if _exception_message(result):
+        # GX's message for an absent column varies by expectation (some say "list index out of
+        # range"); say it plainly.
+        absent = [c for c in _domain_columns(config.get("type", ""), kwargs) if c not in dtypes]
+        if absent:
+            observed = f"column {', '.join(absent)} is missing from the dataset"
     return Finding(
         expectation=config.get("type", "?"),
-        column=_column_of(kwargs),
+        column=column,
         severity=str(config.get("severity") or CRITICAL),
-        observed=_observed(result),
+        observed=observed,
         unexpected_sample=_sample(result.get("result") or {}),
     )
+
+
+def _domain_columns(expectation: str, kwargs: Mapping[str, Any]) -> list[str]:
+    if expectation.startswith("expect_table_"):
+        return []  # their column lists are expected values, not the columns they read
+    if kwargs.get("column") is not None:
+        return [str(kwargs["column"])]
+    if kwargs.get("column_A") is not None:
+        return [str(kwargs["column_A"]), str(kwargs.get("column_B"))]
+    return [str(c) for c in kwargs.get("column_list") or []]
 
 
 def _column_of(kwargs: Mapping[str, Any]) -> str | None:
@@ -473,7 +513,8 @@ def _mismatch_text(mismatched: Any) -> str:
         return f" ({'; '.join(parts)})" if parts else ""
     if isinstance(mismatched, list) and mismatched:
         parts = [
-            f"position {m.get('Expected Column Position')}: expected {m.get('Expected')}, found {m.get('Found')}"
+            f"position {m.get('Expected Column Position')}: expected {m.get('Expected') or 'nothing'}, "
+            f"found {m.get('Found') or 'nothing'}"
             for m in mismatched[:SAMPLE_SIZE]
             if isinstance(m, dict)
         ]
@@ -565,7 +606,6 @@ def _register_custom_expectations() -> None:
     if _CUSTOM_REGISTERED:
         return
 
-    import numpy as np
     from great_expectations.compatibility import pydantic
     from great_expectations.execution_engine import PandasExecutionEngine
     from great_expectations.expectations.expectation import MulticolumnMapExpectation

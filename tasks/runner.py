@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks import storage
+from tasks import gates, storage
 from tasks.errors import PipelineError
 
 # Bump when the runner changes what it writes, so every cached output is recomputed once.
@@ -93,7 +93,8 @@ class Run:
     run_dir: Path | None = None
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     refresh: frozenset[str] = frozenset()
-    validate: Callable[..., Any] | None = None
+    # The quality gate: (dataset, frame, facts) -> GateOutcome or None; None switches gates off.
+    validate: Callable[..., Any] | None = gates.check
     # Frames made or read in this process, by sha256, so the next stage need not re-read them.
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
 
@@ -104,7 +105,7 @@ class Run:
     @property
     def facts(self) -> dict[str, Any]:
         """Run parameters plus every stage's metrics: what the quality suites may refer to."""
-        merged = dict(self.params)
+        merged = dict(self.params, run_date=self.manifest.get("started_at"))
         for record in self.manifest.get("stages", {}).values():
             merged.update(record.get("metrics") or {})
         return merged
@@ -185,42 +186,52 @@ def _compute(stage: Stage, run: Run, entry_dir: Path) -> dict[str, Any]:
 
     # Facts of this stage (e.g. the customer count) are visible to its own gates.
     run.record(stage.name, metrics=metrics)
-    gates = {d: _gate(stage, run, d, df, files[f"{d}.parquet"]) for d, df in produced.items()}
+    gates = {}
+    for dataset, df in produced.items():
+        outcome = _gate(stage, run, dataset, df, files[f"{dataset}.parquet"])
+        if outcome is not None:
+            gates[dataset] = outcome.summary
+            files[f"validation/{dataset}.json"] = outcome.report_bytes()
 
     outputs = {}
     for relname, data in files.items():
         sha = storage.sha256_bytes(data)
         storage.write_bytes_atomic(entry_dir / relname, data)
         _injected_fault(stage.name, "hang")
-        dataset = produced.get(Path(relname).stem)
-        outputs[Path(relname).stem if dataset is not None else relname] = {
+        name = relname.removesuffix(".parquet")
+        frame = produced.get(name)
+        outputs[name if frame is not None else relname] = {
             "file": relname,
             "sha256": sha,
-            "rows": None if dataset is None else len(dataset),
-            "columns": None if dataset is None else [str(c) for c in dataset.columns],
+            "rows": None if frame is None else len(frame),
+            "columns": None if frame is None else [str(c) for c in frame.columns],
         }
-        if dataset is not None:
-            run.frames[sha] = dataset
+        if frame is not None:
+            run.frames[sha] = frame
     entry = {"stage": stage.name, "outputs": outputs, "metrics": metrics, "gates": gates}
     # The entry file is written last: its presence is what marks the outputs complete.
     storage.write_json(entry_dir / ENTRY, entry)
     return entry
 
 
-def _gate(stage: Stage, run: Run, dataset: str, df: pd.DataFrame, data: bytes) -> dict[str, Any] | None:
+def _gate(stage: Stage, run: Run, dataset: str, df: pd.DataFrame, data: bytes):
     """Validate one output; on a critical failure keep it for inspection, never as complete."""
     if run.validate is None:
         return None
-    outcome = run.validate(stage.name, dataset, df, run)
-    if outcome is None:
-        return None
-    summary, error_message, report_path = outcome
-    if error_message:
-        if run.run_dir is not None:
-            storage.write_bytes_atomic(run.run_dir / "failed" / f"{dataset}.parquet", data)
-        run.record(stage.name, status="failed", gates={dataset: summary}, error=error_message)
-        raise QualityError(stage.name, dataset, error_message, report_path)
-    return summary
+    outcome = run.validate(dataset, df, run.facts)
+    if outcome is None or outcome.message is None:
+        return outcome
+    where = run.run_dir if run.run_dir is not None else run.cache_dir / "failed" / run.manifest["run_id"]
+    report_path = where / "validation" / f"{dataset}.json"
+    storage.write_bytes_atomic(report_path, outcome.report_bytes())
+    storage.write_bytes_atomic(where / "failed" / f"{dataset}.parquet", data)
+    message = (
+        f"Stage {stage.name} stopped on input {run.params.get('input_path')}: {outcome.message}. "
+        f"Full report: {report_path}. The failing output is kept in {where / 'failed'} for inspection and "
+        "was not marked complete; earlier runs are untouched."
+    )
+    run.record(stage.name, status="failed", gates={dataset: outcome.summary}, error=message)
+    raise QualityError(stage.name, dataset, message, report_path)
 
 
 class InjectedFault(RuntimeError):
@@ -253,13 +264,27 @@ def _verified_entry(entry_dir: Path) -> dict[str, Any] | None:
 
 
 def _place(stage: Stage, run: Run, entry_dir: Path, info: dict[str, Any]) -> str:
-    """Where the output is read from, relative to the artifacts folder; links it into the run folder."""
+    """Where the output is read from, relative to the artifacts folder; links it into the run folder.
+
+    Shared datasets (the parsed input) stay in the cache; their quality reports are linked into
+    the run folder once it exists (see `link_shared_reports`).
+    """
     source = entry_dir / info["file"]
-    if stage.shared or run.run_dir is None:
+    if run.run_dir is None or (stage.shared and info["rows"] is not None):
         return source.relative_to(run.artifacts).as_posix()
     target = run.run_dir / info["file"]
     storage.link_or_copy(source, target)
     return target.relative_to(run.artifacts).as_posix()
+
+
+def link_shared_reports(run: Run) -> None:
+    """Give a newly opened run folder the reports of the stages that ran before it existed."""
+    for record in run.manifest.get("stages", {}).values():
+        for info in record.get("outputs", {}).values():
+            if info["rows"] is None and not (run.run_dir / info["file"]).exists():
+                source = run.artifacts / info["path"]
+                storage.link_or_copy(source, run.run_dir / info["file"])
+                info["path"] = (run.run_dir / info["file"]).relative_to(run.artifacts).as_posix()
 
 
 def _png_bytes(figure) -> bytes:

@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from tasks import storage
+from tasks import gates, storage
 from tasks.errors import ParameterError
 from tasks.ingest import input_files
-from tasks.runner import Run
+from tasks.runner import Run, link_shared_reports
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -133,11 +133,21 @@ def open_folder(run: Run) -> Path:
     run.run_dir = run.artifacts / as_of / run.manifest["run_id"]
     run.run_dir.mkdir(parents=True, exist_ok=True)
     run.manifest["run_dir"] = str(run.run_dir)
+    link_shared_reports(run)
     run.save_manifest()
     return run.run_dir
 
 
 def finish(run: Run, status: str, error: str | None = None) -> dict[str, Any]:
+    """Close the run: Data Docs of its quality reports, final manifest, and `latest` on success."""
+    if run.run_dir is not None:
+        try:
+            docs = gates.build_docs(run.run_dir / "validation")
+        except Exception:
+            if status == "completed":
+                raise
+            docs = None  # the run already failed; its reports are still there as JSON
+        run.manifest["data_docs"] = None if docs is None else docs.relative_to(run.run_dir).as_posix()
     run.manifest["status"] = status
     run.manifest["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     started = datetime.fromisoformat(run.manifest["started_at"])

@@ -57,6 +57,7 @@ def test_manifest_hashes_match_the_files(sample_run):
     assert on_disk["cutoff"] == pd.Period(on_disk["as_of"]).start_time.isoformat()
     assert on_disk["environment"]["packages"]["prefect"]
     checked = 0
+    reports = set()
     for name, stage in on_disk["stages"].items():
         assert stage["status"] in ("completed", "cached"), name
         assert stage["seconds"] >= 0
@@ -66,8 +67,14 @@ def test_manifest_hashes_match_the_files(sample_run):
             if info["rows"] is not None:
                 frame = pd.read_parquet(path)
                 assert len(frame) == info["rows"] and list(frame.columns) == info["columns"]
+            if info["file"].startswith("validation/"):
+                reports.add(dataset)
+                assert path.parent == Path(manifest["run_dir"]) / "validation"
             checked += 1
-    assert checked == len(PARQUETS) + len(PLOTS) + 1  # + raw_invoices in the input cache
+    # Parquet datasets, plots, the parsed input in the cache and one quality report per suite.
+    assert checked == len(PARQUETS) + len(PLOTS) + 1 + len(reports)
+    assert {f"validation/{d}.json" for d in ("raw_invoices", "clean_invoices", "customer_features",
+            "normalized_features", "cluster_labels", "segment_profiles")} <= reports
 
 
 def test_rerun_reuses_every_stage_and_moves_latest(sample_run, sample):

@@ -1,0 +1,159 @@
+"""Operations against a real Prefect server: failure and resume, SIGKILL and resume, audit trail."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from conftest import BIN, REPO, run_cli
+from tasks.storage import sha256_file
+from test_flow import PARQUETS, PLOTS, run_flow
+
+OUTPUTS = (*(f"{d}.parquet" for d in PARQUETS), *(f"plots/{p}.png" for p in PLOTS))
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def task_states(flow_run_id: str) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+    return {tr.name.rsplit("-", 1)[0]: tr.state_name for tr in task_runs}
+
+
+def flow_run(flow_run_id: str):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(flow_run_id))
+
+
+@pytest.fixture(scope="module")
+def reference(prefect_server, sample, tmp_path_factory):
+    """An uninterrupted run to compare resumed runs with, byte for byte."""
+    return Path(run_flow(sample, tmp_path_factory.mktemp("reference"))["run_dir"])
+
+
+def assert_identical_outputs(run_dir: Path, reference: Path) -> None:
+    for name in OUTPUTS:
+        assert sha256_file(run_dir / name) == sha256_file(reference / name), name
+
+
+def test_failed_stage_then_resume_recomputes_only_from_the_failure(prefect_server, sample, reference, tmp_path):
+    failed = run_cli("run", "--input", str(sample), "--artifacts", str(tmp_path), "--json",
+                     env={"SEGMENT_FAULT": "cluster:fail"})
+    assert failed.returncode == 1, failed.stderr
+    assert "cluster failed on purpose" in failed.stderr and "segment resume" in failed.stderr
+    summary = last_json(failed.stdout)
+    assert summary["status"] == "failed"
+    run_dir = Path(summary["run_dir"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["cluster"]["status"] == "running"  # never marked complete
+    assert not (run_dir / "cluster_labels.parquet").exists()
+    assert not (run_dir.parent / "latest").exists()
+    assert flow_run(summary["flow_run_id"]).state_name == "Failed"
+
+    resumed = run_cli("resume", summary["run_id"], "--artifacts", str(tmp_path), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    done = last_json(resumed.stdout)
+    assert done["status"] == "completed" and done["run_id"] == summary["run_id"]
+    assert done["run_dir"] == summary["run_dir"]
+    states = task_states(done["flow_run_id"])
+    assert {s: states[s] for s in ("ingest", "clean", "features", "normalize", "select_k")} == dict.fromkeys(
+        ("ingest", "clean", "features", "normalize", "select_k"), "Cached")
+    assert {s: states[s] for s in ("cluster", "profile", "plots")} == dict.fromkeys(("cluster", "profile", "plots"), "Completed")
+    assert flow_run(done["flow_run_id"]).state_name == "Completed"
+    assert_identical_outputs(run_dir, reference)
+    assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
+
+
+def test_sigkill_mid_stage_then_resume_is_byte_identical(prefect_server, sample, reference, tmp_path):
+    env = {**os.environ, "SEGMENT_FAULT": "profile:hang"}
+    process = subprocess.Popen(
+        [str(BIN / "segment"), "run", "--input", str(sample), "--artifacts", str(tmp_path)],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    half_written = []
+    while time.monotonic() < deadline and not half_written:
+        half_written = list((tmp_path / "cache" / "profile").glob("*/segment_profiles.parquet"))
+        time.sleep(0.2)
+    assert half_written, "the profile stage never started"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    run_dir = next(tmp_path.glob("*/*/manifest.json")).parent
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "running" and manifest["stages"]["profile"]["status"] == "running"
+    assert not (half_written[0].parent / "entry.json").exists()
+
+    resumed = run_cli("resume", run_dir.name, "--artifacts", str(tmp_path), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    done = last_json(resumed.stdout)
+    states = task_states(done["flow_run_id"])
+    assert states["cluster"] == "Cached" and states["profile"] == "Completed"
+    assert_identical_outputs(run_dir, reference)
+
+
+def test_corrupt_cached_output_is_recomputed_not_trusted(prefect_server, sample, tmp_path):
+    first = run_flow(sample, tmp_path)
+    cached = tmp_path / first["stages"]["features"]["outputs"]["customer_features"]["path"]
+    entry = next((tmp_path / "cache" / "features").glob("*/customer_features.parquet"))
+    good = entry.read_bytes()
+    entry.write_bytes(good[: len(good) // 2])  # a torn write behind the pipeline's back
+    second = run_flow(sample, tmp_path)
+    assert second["stages"]["features"]["status"] == "completed"
+    assert second["stages"]["normalize"]["status"] == "cached"  # same bytes again, so later stages reuse
+    assert sha256_file(Path(second["run_dir"]) / "customer_features.parquet") == first["stages"]["features"]["outputs"]["customer_features"]["sha256"]
+    assert cached.exists()
+
+
+def test_refresh_and_from_stage_force_recomputation(prefect_server, sample, tmp_path):
+    run_flow(sample, tmp_path)
+    partial = run_flow(sample, tmp_path, from_stage="cluster")
+    statuses = {name: s["status"] for name, s in partial["stages"].items()}
+    assert statuses["select_k"] == "cached" and statuses["cluster"] == "completed" and statuses["plots"] == "completed"
+    everything = run_flow(sample, tmp_path, refresh=True)
+    assert {s["status"] for s in everything["stages"].values()} == {"completed"}
+
+
+def test_audit_trail_name_tags_artifacts_and_history(prefect_server, sample, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    manifest = run_flow(sample, tmp_path)
+    fr = flow_run(manifest["flow_run_id"])
+    assert fr.name == f"segmentation-{manifest['as_of']}"
+    assert {f"as-of:{manifest['as_of']}", f"input:{manifest['input']['sha256'][:12]}"} <= set(fr.tags)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[fr.id])))
+    by_key = {a.key: a for a in artifacts}
+    assert {"segmentation-summary", "segment-profiles", "data-quality", "run-folder"} <= by_key.keys()
+    summary = by_key["segmentation-summary"].data
+    assert "## Segments" in summary and "High value" in summary and manifest["run_id"] in summary
+    assert "missing customer" in summary and Path(manifest["run_dir"]).resolve().as_uri() in summary
+    profiles = json.loads(by_key["segment-profiles"].data) if isinstance(by_key["segment-profiles"].data, str) else by_key["segment-profiles"].data
+    assert sum(row["size"] for row in profiles) == manifest["stages"]["features"]["metrics"]["customers"]
+
+    listed = run_cli("history", "--artifacts", str(tmp_path), "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["run_id"], r["status"], r["k"], r["customers"]) for r in rows] == [
+        (manifest["run_id"], "completed", manifest["stages"]["select_k"]["metrics"]["k"],
+         manifest["stages"]["features"]["metrics"]["customers"])]
+    remote = run_cli("history", "--prefect", "--json")
+    assert remote.returncode == 0, remote.stderr
+    flow_runs = {r["flow_run_id"]: r for r in map(json.loads, remote.stdout.splitlines())}
+    assert flow_runs[manifest["flow_run_id"]]["state"] == "Completed"
+    assert flow_runs[manifest["flow_run_id"]]["month"] == manifest["as_of"]

@@ -1,0 +1,509 @@
+"""Quality gates: each suite passes a valid frame and names what is wrong in a broken one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks import quality
+from tasks.quality import EXPECTATIONS_DIR, Finding, SuiteError, build_data_docs, validate
+
+# Each suite and the run-time parameters it refers to.
+DATASETS = {
+    "raw_invoices": ("run_date",),
+    "clean_invoices": ("cutoff",),
+    "customer_features": ("k_max",),
+    "normalized_features": ("customers",),
+    "k_selection": (),
+    "cluster_labels": ("customers", "k"),
+    "segment_profiles": ("customers", "k"),
+    "top_products": (),
+}
+RUN = {"run_date": "2011-12-10T00:00:00", "cutoff": "2011-12-01T00:00:00", "k_max": 3}
+
+
+def text(values) -> pd.Series:
+    return pd.Series(values, dtype="str")
+
+
+def raw_frame(n: int = 20) -> pd.DataFrame:
+    invoice = [f"{536365 + i // 4}" for i in range(n)]
+    invoice[-1] = "C" + invoice[-1]
+    return pd.DataFrame(
+        {
+            "InvoiceNo": text(invoice),
+            "StockCode": text(["85123A", "71053", "84406B", "22752"] * (n // 4)),
+            "Description": text(["WHITE HANGING HEART T-LIGHT HOLDER"] * (n - 1) + [None]),
+            "Quantity": np.array([6] * (n - 1) + [-6], dtype="int64"),
+            "InvoiceDate": pd.to_datetime(["2010-12-01 08:26"] * (n // 2) + ["2011-11-30 17:00"] * (n - n // 2)),
+            "UnitPrice": np.full(n, 2.55),
+            "CustomerID": text(["17850"] * (n - 2) + [None, "13047"]),
+            "Country": text(["United Kingdom"] * n),
+        }
+    )
+
+
+def clean_frame() -> pd.DataFrame:
+    raw = raw_frame()
+    clean = raw[(raw["Quantity"] > 0) & raw["CustomerID"].notna()].reset_index(drop=True)
+    clean["Sales"] = clean["Quantity"] * clean["UnitPrice"]
+    return clean
+
+
+def features_frame() -> pd.DataFrame:
+    total = np.array([100.0, 250.5, 80.25, 1999.99, 12.0])
+    orders = np.array([1, 3, 2, 7, 1], dtype="int64")
+    return pd.DataFrame(
+        {
+            "CustomerID": text(["12346", "12347", "12348", "12349", "12350"]),
+            "TotalSales": total,
+            "OrderCount": orders,
+            "AvgOrderValue": total / orders,
+        }
+    )
+
+
+def normalized_frame() -> pd.DataFrame:
+    features = features_frame()
+    ranks = features[["TotalSales", "OrderCount", "AvgOrderValue"]].rank(method="first")
+    normalized = (ranks - ranks.mean()) / ranks.std(ddof=1)
+    normalized.insert(0, "CustomerID", features["CustomerID"])
+    return normalized
+
+
+def labels_frame(k: int = 3) -> pd.DataFrame:
+    features = features_frame()
+    normalized = normalized_frame()
+    labels = features.copy()
+    for name in ("TotalSales", "OrderCount", "AvgOrderValue"):
+        labels[f"{name}_norm"] = normalized[name]
+    labels["segment"] = np.array([0, 1, 2, 0, 1], dtype="int64") % k
+    labels["segment_name"] = text([f"Segment {s}" for s in labels["segment"]])
+    return labels
+
+
+def profiles_frame() -> pd.DataFrame:
+    size = np.array([2, 2, 1], dtype="int64")
+    return pd.DataFrame(
+        {
+            "segment": np.array([0, 1, 2], dtype="int64"),
+            "segment_name": text(["High value", "Frequent, small orders", "Low value"]),
+            "size": size,
+            "share": size / size.sum(),
+            "center_TotalSales": [0.9, -0.1, -1.2],
+            "mean_TotalSales": [1000.0, 150.0, 12.0],
+            "median_TotalSales": [1000.0, 150.0, 12.0],
+        }
+    )
+
+
+def k_selection_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "k": np.array([2, 3, 4], dtype="int64"),
+            "sse": [10.0, 6.0, 5.0],
+            "silhouette": [np.nan, 0.41, 0.35],
+            "best_silhouette": [False, True, False],
+            "elbow": [False, True, False],
+            "chosen": [False, True, False],
+        }
+    )
+
+
+def top_products_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "segment": np.array([0, 0, 1], dtype="int64"),
+            "segment_name": text(["High value", "High value", "Low value"]),
+            "rank": np.array([1, 2, 1], dtype="int64"),
+            "StockCode": text(["85123A", "22752", "85123A"]),
+            "Description": text(["WHITE HANGING HEART T-LIGHT HOLDER", None, "WHITE HANGING HEART T-LIGHT HOLDER"]),
+            "orders": np.array([5, 3, 1], dtype="int64"),
+            "quantity": np.array([60, 12, 6], dtype="int64"),
+            "revenue": [153.0, 30.6, 15.3],
+        }
+    )
+
+
+def only(findings: list[Finding], expectation: str, column: str | None) -> Finding:
+    hits = [f for f in findings if f.expectation == expectation and f.column == column]
+    assert len(hits) == 1, findings
+    return hits[0]
+
+
+# --- the suite files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_suite_file_is_readable_gx_json(dataset):
+    spec = json.loads((EXPECTATIONS_DIR / f"{dataset}.json").read_text("utf-8"))
+    assert spec["name"] == dataset
+    for entry in spec["expectations"]:
+        assert set(entry) <= {"type", "kwargs", "severity", "meta", "notes", "description"}
+        assert entry["severity"] in {"critical", "warning", "info"}
+        assert entry["meta"]["notes"].strip()
+    # Loading builds every expectation, so a typo in a suite fails here.
+    assert quality.required_parameters(dataset) == DATASETS[dataset]
+
+
+@pytest.mark.parametrize(
+    "dataset, frame, parameters",
+    [
+        ("raw_invoices", raw_frame, RUN),
+        ("clean_invoices", clean_frame, RUN),
+        ("customer_features", features_frame, RUN),
+        ("normalized_features", normalized_frame, {"customers": 5}),
+        ("k_selection", k_selection_frame, {}),
+        ("cluster_labels", labels_frame, {"customers": 5, "k": 3}),
+        ("segment_profiles", profiles_frame, {"customers": 5, "k": 3}),
+        ("top_products", top_products_frame, {}),
+    ],
+)
+def test_valid_frame_passes(dataset, frame, parameters):
+    gate = validate(frame(), dataset, parameters)
+    assert gate.success, gate.failed_critical
+    assert gate.failed_critical == [] and gate.failed_warning == []
+    assert gate.dataset == dataset
+    assert gate.evaluated == len(json.loads((EXPECTATIONS_DIR / f"{dataset}.json").read_text("utf-8"))["expectations"])
+    json.dumps(gate.report)  # JSON-serialisable as it is
+
+
+# --- raw_invoices -------------------------------------------------------------------------------
+
+
+def test_raw_broken_values_are_critical_and_name_the_column():
+    df = raw_frame()
+    df.loc[0, "InvoiceNo"] = "536365.0"
+    df.loc[1, "UnitPrice"] = -11062.06
+    df.loc[2, "InvoiceDate"] = pd.Timestamp("2012-01-15 09:00")
+    gate = validate(df, "raw_invoices", RUN)
+
+    assert not gate.success
+    invoice = only(gate.failed_critical, "expect_column_values_to_match_regex", "InvoiceNo")
+    assert invoice.unexpected_sample == ["536365.0"]
+    assert invoice.observed == "1 of 20 rows (5.0%)"
+    price = only(gate.failed_critical, "expect_column_values_to_be_between", "UnitPrice")
+    assert price.severity == "critical" and price.unexpected_sample == [-11062.06]
+    date = only(gate.failed_critical, "expect_column_values_to_be_between", "InvoiceDate")
+    assert date.unexpected_sample == ["2012-01-15T09:00:00"]
+    assert "InvoiceNo" in gate.error_message() and "UnitPrice" in gate.error_message()
+
+
+def test_raw_unit_price_tolerates_a_few_negatives():
+    df = raw_frame(2000)
+    df.loc[5, "UnitPrice"] = -1.0  # 0.05% of rows, under the 0.1% the suite allows
+    assert validate(df, "raw_invoices", RUN).success
+    df.loc[6:9, "UnitPrice"] = -1.0  # 0.25%
+    finding = only(validate(df, "raw_invoices", RUN).failed_critical, "expect_column_values_to_be_between", "UnitPrice")
+    assert finding.observed == "5 of 2,000 rows (0.25%)"
+
+
+def test_raw_missing_customers_are_a_warning_only():
+    df = raw_frame()
+    df.loc[:9, "CustomerID"] = None  # 11 of 20 missing, more than the 40% allowed
+    gate = validate(df, "raw_invoices", RUN)
+
+    assert gate.success
+    assert gate.failed_critical == []
+    warning = only(gate.failed_warning, "expect_column_values_to_not_be_null", "CustomerID")
+    assert warning.severity == "warning"
+    assert warning.observed == "11 of 20 rows (55.0%)"
+    assert warning.unexpected_sample == [None]
+    assert gate.report["success"] is False  # GX's own verdict ignores severity
+    assert gate.report["meta"]["gate"]["success"] is True
+
+
+def test_raw_column_set_is_table_level():
+    df = raw_frame().drop(columns=["UnitPrice"]).assign(Extra=1)
+    gate = validate(df, "raw_invoices", RUN)
+    columns = only(gate.failed_critical, "expect_table_columns_to_match_set", None)
+    assert "missing: UnitPrice" in columns.observed and "unexpected: Extra" in columns.observed
+    assert columns.unexpected_sample == ["Extra"]
+    absent = only(gate.failed_critical, "expect_column_values_to_not_be_null", "UnitPrice")
+    assert absent.observed == "column UnitPrice is missing from the dataset"
+
+
+def test_raw_quantity_must_be_integer():
+    df = raw_frame().astype({"Quantity": "float64"})
+    finding = only(validate(df, "raw_invoices", RUN).failed_critical, "expect_column_values_to_be_in_type_list", "Quantity")
+    assert finding.observed == "dtype float64"
+
+
+def test_run_date_accepts_dates_and_both_datetime_units():
+    df = raw_frame()
+    for frame in (df, df.assign(InvoiceDate=df["InvoiceDate"].astype("datetime64[ns]"))):
+        assert validate(frame, "raw_invoices", {"run_date": "2011-12-10"}).success
+        assert validate(frame, "raw_invoices", {"run_date": pd.Timestamp("2011-12-10")}).success
+        late = validate(frame, "raw_invoices", {"run_date": "2011-06-01"})
+        finding = only(late.failed_critical, "expect_column_values_to_be_between", "InvoiceDate")
+        assert finding.observed == "10 of 20 rows (50.0%)"
+        assert finding.unexpected_sample == ["2011-11-30T17:00:00"]
+
+
+def test_datetimes_are_compared_in_ns_without_touching_the_callers_frame():
+    df = pd.DataFrame({
+        "us": pd.to_datetime(["2011-01-01 10:00"]),
+        "aware": pd.to_datetime(["2011-01-01 10:00"]).tz_localize("UTC"),
+        "far": pd.to_datetime(["3000-01-01"]).astype("datetime64[s]"),  # beyond the ns range
+        0: [1],
+    })
+    before = df.dtypes.to_dict()
+    out = quality._comparable_datetimes(df)
+    assert str(out["us"].dtype) == "datetime64[ns]" and str(out["aware"].dtype) == "datetime64[ns, UTC]"
+    assert str(out["far"].dtype) == "datetime64[s]"
+    assert df.dtypes.to_dict() == before
+    assert out["us"].iloc[0] == df["us"].iloc[0]
+
+
+def test_run_date_defaults_to_now():
+    gate = validate(raw_frame(), "raw_invoices", {})
+    assert gate.success
+    assert gate.report["meta"]["expectation_parameters"]["run_date"].startswith("20")
+
+
+# --- clean_invoices -----------------------------------------------------------------------------
+
+
+def test_clean_cutoff_parameter_is_substituted():
+    df = clean_frame()
+    assert validate(df, "clean_invoices", {"cutoff": "2011-12-01"}).success
+    gate = validate(df, "clean_invoices", {"cutoff": "2011-11-30T17:00:00"})  # strictly before
+    finding = only(gate.failed_critical, "expect_column_values_to_be_between", "InvoiceDate")
+    assert finding.unexpected_sample == ["2011-11-30T17:00:00"]
+    assert gate.report["meta"]["expectation_parameters"] == {"cutoff": "2011-11-30T17:00:00"}
+
+
+def test_clean_sales_must_be_quantity_times_price():
+    df = clean_frame()
+    df.loc[3, "Sales"] = df.loc[3, "Sales"] * (1 + 1e-6)
+    df.loc[4, "Quantity"] = 0
+    df.loc[5, "CustomerID"] = None
+    gate = validate(df, "clean_invoices", RUN)
+    product = only(gate.failed_critical, "expect_multicolumn_product_to_equal_column", "Sales")
+    assert product.observed == "2 of 18 rows (11.1%)"  # row 3, and row 4 whose quantity changed
+    assert product.unexpected_sample[0]["Sales"] == pytest.approx(15.3 * (1 + 1e-6))
+    quantity = only(gate.failed_critical, "expect_column_values_to_be_between", "Quantity")
+    assert quantity.unexpected_sample == [0]
+    customer = only(gate.failed_critical, "expect_column_values_to_not_be_null", "CustomerID")
+    assert customer.observed == "1 of 18 rows (5.6%)"
+
+
+def test_clean_sales_tolerates_float_rounding():
+    df = clean_frame()
+    df.loc[3, "Sales"] = df.loc[3, "Sales"] * (1 + 1e-12)
+    assert validate(df, "clean_invoices", RUN).success
+
+
+# --- customer_features --------------------------------------------------------------------------
+
+
+def test_features_broken():
+    df = features_frame()
+    df.loc[1, "CustomerID"] = "12346"
+    df.loc[2, "OrderCount"] = 0
+    df.loc[3, "TotalSales"] = np.inf
+    df.loc[4, "AvgOrderValue"] = 13.0
+    gate = validate(df, "customer_features", {"k_max": 8})
+    failed = gate.failed_critical
+    assert only(failed, "expect_column_values_to_be_unique", "CustomerID").unexpected_sample == ["12346"]
+    assert only(failed, "expect_column_values_to_be_between", "OrderCount").unexpected_sample == [0]
+    finite = only(failed, "expect_column_values_to_be_between", "TotalSales")
+    assert finite.observed == "1 of 5 rows (20.0%)"
+    product = only(failed, "expect_multicolumn_product_to_equal_column", "TotalSales")
+    assert {"AvgOrderValue": 13.0, "OrderCount": 1, "TotalSales": 12.0} in product.unexpected_sample
+    rows = only(failed, "expect_table_row_count_to_be_between", None)
+    assert rows.observed == "5"
+
+
+# --- normalized_features ------------------------------------------------------------------------
+
+
+def test_normalized_broken():
+    df = normalized_frame()
+    df["OrderCount"] = df["OrderCount"] + 0.01
+    df.loc[0, "TotalSales"] = 2.5
+    df.loc[1, "AvgOrderValue"] = np.nan
+    gate = validate(df, "normalized_features", {"customers": 5})
+    failed = gate.failed_critical
+    assert only(failed, "expect_column_values_to_be_between", "TotalSales").unexpected_sample == [2.5]
+    assert only(failed, "expect_column_mean_to_be_between", "OrderCount").observed == "0.01"
+    assert only(failed, "expect_column_values_to_not_be_null", "AvgOrderValue").observed == "1 of 5 rows (20.0%)"
+    assert only(failed, "expect_column_stdev_to_be_between", "TotalSales").severity == "critical"
+
+
+# --- cluster_labels -----------------------------------------------------------------------------
+
+
+def test_cluster_labels_k_parameter():
+    df = labels_frame(k=3)
+    assert validate(df, "cluster_labels", {"customers": 5, "k": 3}).success
+    gate = validate(df, "cluster_labels", {"customers": 5, "k": 4})  # one segment left empty
+    empty = only(gate.failed_critical, "expect_column_unique_value_count_to_be_between", "segment")
+    assert empty.observed == "3"
+    names = only(gate.failed_warning, "expect_column_unique_value_count_to_be_between", "segment_name")
+    assert names.severity == "warning"
+    gate = validate(df, "cluster_labels", {"customers": 5, "k": 2})  # segment 2 is out of range
+    out = only(gate.failed_critical, "expect_column_values_to_be_between", "segment")
+    assert out.unexpected_sample == [2]
+
+
+def test_cluster_labels_row_count_and_duplicates():
+    df = labels_frame()
+    df.loc[4, "CustomerID"] = "12346"
+    gate = validate(df, "cluster_labels", {"customers": 6, "k": 3})
+    assert only(gate.failed_critical, "expect_table_row_count_to_equal", None).observed == "5"
+    assert only(gate.failed_critical, "expect_column_values_to_be_unique", "CustomerID").unexpected_sample == ["12346"]
+
+
+# --- segment_profiles, k_selection, top_products ------------------------------------------------
+
+
+def test_segment_profiles_sums():
+    df = profiles_frame()
+    df.loc[2, "share"] = 0.3
+    gate = validate(df, "segment_profiles", {"customers": 6, "k": 3})
+    assert only(gate.failed_critical, "expect_column_sum_to_be_between", "size").observed == "5"
+    assert only(gate.failed_critical, "expect_column_sum_to_be_between", "share").observed == "1.1"
+    df = profiles_frame()
+    df.loc[2, "size"] = 0
+    assert not validate(df, "segment_profiles", {"customers": 4, "k": 3}).success
+
+
+def test_k_selection_broken():
+    df = k_selection_frame()
+    df.loc[2, "k"] = 3
+    df.loc[2, "chosen"] = True
+    gate = validate(df, "k_selection", {})
+    assert only(gate.failed_critical, "expect_column_values_to_be_unique", "k").unexpected_sample == [3]
+    assert only(gate.failed_critical, "expect_column_sum_to_be_between", "chosen").observed == "2"
+
+
+def test_top_products_orders_at_least_one():
+    df = top_products_frame()
+    df.loc[2, "orders"] = 0
+    gate = validate(df, "top_products", {})
+    assert only(gate.failed_critical, "expect_column_values_to_be_between", "orders").unexpected_sample == [0]
+
+
+# --- parameters, suites, cache ------------------------------------------------------------------
+
+
+def test_missing_parameter_is_named():
+    with pytest.raises(ValueError, match="needs parameter.*customers"):
+        validate(labels_frame(), "cluster_labels", {"k": 3})
+    assert quality.required_parameters("cluster_labels") == ("customers", "k")
+
+
+def test_unknown_suite_and_bad_expectation(tmp_path):
+    with pytest.raises(SuiteError, match="no_such_dataset"):
+        validate(raw_frame(), "no_such_dataset", suites_dir=tmp_path)
+    (tmp_path / "typo.json").write_text(
+        json.dumps({"name": "typo", "expectations": [
+            {"type": "expect_column_values_to_not_be_nul", "kwargs": {"column": "a"}, "severity": "critical"}
+        ]})
+    )
+    with pytest.raises(SuiteError, match="expectation 1 .*expect_column_values_to_not_be_nul"):
+        validate(pd.DataFrame({"a": [1]}), "typo", suites_dir=tmp_path)
+    (tmp_path / "sev.json").write_text(
+        json.dumps({"name": "sev", "expectations": [
+            {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "a"}, "severity": "fatal"}
+        ]})
+    )
+    with pytest.raises(SuiteError, match="severity"):
+        validate(pd.DataFrame({"a": [1]}), "sev", suites_dir=tmp_path)
+
+
+def test_edited_suite_is_reloaded(tmp_path):
+    path = tmp_path / "tiny.json"
+
+    def write(severity: str) -> None:
+        path.write_text(json.dumps({"name": "tiny", "expectations": [
+            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "a", "min_value": 0},
+             "severity": severity, "meta": {"notes": "a is not negative"}}
+        ]}))
+
+    write("critical")
+    df = pd.DataFrame({"a": [1, -1]})
+    assert not validate(df, "tiny", suites_dir=tmp_path).success
+    write("info")
+    gate = validate(df, "tiny", suites_dir=tmp_path)
+    assert gate.success and gate.failed_critical == [] and gate.failed_warning == []
+    assert gate.report["results"][0]["expectation_config"]["severity"] == "info"
+
+
+def test_summary_is_small_and_json():
+    df = raw_frame()
+    df.loc[0, "UnitPrice"] = -5.0
+    df.loc[1:3, "UnitPrice"] = -5.0
+    gate = validate(df, "raw_invoices", RUN)
+    summary = gate.summary()
+    assert summary["success"] is False
+    # The same negative prices fail the critical "almost all" rule and the warning "all" rule.
+    assert (summary["failed_critical"], summary["failed_warning"]) == (1, 1)
+    assert summary["findings"][0]["column"] == "UnitPrice"
+    assert summary["critical"][0].startswith("critical: column UnitPrice: expect_column_values_to_be_between failed")
+    json.dumps(summary)
+
+
+# --- Data Docs and side effects -----------------------------------------------------------------
+
+
+def test_data_docs_name_every_dataset_and_nothing_is_written_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ok = validate(raw_frame(), "raw_invoices", RUN)
+    bad = clean_frame()
+    bad.loc[0, "Sales"] = 0.0
+    failed = validate(bad, "clean_invoices", RUN)
+    index = build_data_docs({"raw_invoices": ok.report, "clean_invoices": failed.report}, tmp_path / "docs")
+
+    assert index == (tmp_path / "docs" / "index.html").resolve()
+    html = index.read_text("utf-8")
+    assert "raw_invoices" in html and "clean_invoices" in html
+    pages = sorted(p.relative_to(tmp_path / "docs").parts[:2] for p in (tmp_path / "docs" / "validations").rglob("*.html"))
+    assert pages == [("validations", "clean_invoices"), ("validations", "raw_invoices")]
+    clean_page = next((tmp_path / "docs" / "validations" / "clean_invoices").rglob("*.html")).read_text("utf-8")
+    assert "must equal" in clean_page and "Quantity × UnitPrice" in clean_page  # the custom expectation renders
+
+    # A list of GateResults works too, and a rebuild shows only what it was given.
+    build_data_docs([ok], tmp_path / "docs2")
+    assert [p.parts[-4] for p in (tmp_path / "docs2" / "validations").rglob("*.html")] == ["raw_invoices"]
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "docs2"]
+    assert not (tmp_path / "gx").exists()
+
+
+def test_fresh_process_imports_gx_lazily_and_writes_nothing(tmp_path):
+    code = (
+        "import sys, pandas as pd, tasks.quality as q\n"
+        "print('great_expectations' in sys.modules)\n"
+        "gate = q.validate(pd.DataFrame({'k': [2, 3], 'sse': [2.0, 1.0], 'silhouette': [0.1, 0.2],"
+        " 'chosen': [False, True]}), 'k_selection')\n"
+        "print(gate.success, 'great_expectations' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]
+    assert list(tmp_path.iterdir()) == []  # no gx/ folder, no great_expectations.yml
+
+
+@pytest.mark.real_data
+def test_real_raw_invoices_pass_with_known_warnings(real_parquet):
+    df = pd.read_parquet(real_parquet)
+    ids = df["CustomerID"]
+    df["CustomerID"] = ids.dropna().astype("int64").astype("str").reindex(ids.index).astype("str")
+    validate(df.head(1000), "raw_invoices", {"run_date": "2011-12-10"})  # warm-up
+    gate = validate(df, "raw_invoices", {"run_date": "2011-12-10"})
+    assert gate.success, gate.failed_critical
+    # Known oddities of the UCI data: 2 bad-debt adjustments with negative prices, 10 manual
+    # adjustments above 10,000, and 5 lines of more than 10,000 units.
+    warned = sorted((f.column, f.observed.split(" of ")[0]) for f in gate.failed_warning)
+    assert warned == [("Quantity", "5"), ("UnitPrice", "10"), ("UnitPrice", "2")]
+    price = next(r for r in gate.report["results"] if r["expectation_config"]["kwargs"].get("column") == "UnitPrice"
+                 and r["expectation_config"]["type"] == "expect_column_values_to_be_between"
+                 and r["expectation_config"]["severity"] == "critical")
+    assert price["result"]["unexpected_count"] == 2  # UCI's two bad-debt adjustments
