@@ -131,8 +131,9 @@ def write_table(df, out: Path) -> None:
 class _ConsoleFilter(logging.Filter):
     """Keep the terminal for the run's outcome: run logs stay in the Prefect UI and API.
 
-    Without --verbose only warnings from outside the flow and task runs reach the console, and
-    never a pipeline error's traceback: the command prints that error as one paragraph.
+    Without --verbose only errors from outside the flow and task runs reach the console (not
+    Prefect's shutdown chatter), and never a pipeline error's traceback: the command prints that
+    error as one paragraph.
     """
 
     RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -148,7 +149,7 @@ class _ConsoleFilter(logging.Filter):
             return False
         if self.verbose:
             return True
-        return record.levelno >= logging.WARNING and not record.name.startswith(self.RUN_LOGGERS)
+        return record.levelno >= logging.ERROR and not record.name.startswith(self.RUN_LOGGERS)
 
 
 def _quiet_console(verbose: bool) -> None:
@@ -178,7 +179,7 @@ def _finish(call, json_out: bool, verbose: bool) -> None:
             message, code = str(exc), exc.exit_code
         else:
             message, code = f"{type(exc).__name__}: {exc} (rerun with --verbose for the traceback)", 1
-        if manifest and manifest.get("run_dir"):
+        if manifest and manifest.get("run_dir") and not isinstance(exc, PipelineError):
             message += f" Run {manifest['run_id']} is kept in {manifest['run_dir']}; after fixing the cause, " \
                        f"`segment resume {manifest['run_id']}` completes it."
         typer.echo(f"Error: {message}", err=True)

@@ -58,22 +58,23 @@ def input_files(path: Path) -> list[Path]:
 def read_invoices(input_path: Path | str) -> pd.DataFrame:
     """Read and normalise one export file or a folder of them (concatenated in name order)."""
     path = Path(input_path)
-    frames = [normalize_invoices(_read_table(f), source=f) for f in input_files(path)]
+    frames = [normalize_invoices(*_read_table(f)) for f in input_files(path)]
     if len(frames) == 1:
         return frames[0]
     return pd.concat(frames, ignore_index=True)
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path) -> tuple[pd.DataFrame, str]:
+    """The file's table and how to name where it came from in an error message."""
     if path.stat().st_size == 0:
         raise InputError(path, STAGE, None, "the file is empty (0 bytes)")
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path)
+            return pd.read_parquet(path), str(path)
         if suffix == ".csv":
             # Ids stay text: a CSV reader must not turn "085123" into 85123.
-            return pd.read_csv(path, dtype={c: "str" for c in ID_COLUMNS}, encoding="utf-8")
+            return pd.read_csv(path, dtype={c: "str" for c in ID_COLUMNS}, encoding="utf-8"), str(path)
         return _read_excel(path)
     except InputError:
         raise
@@ -92,15 +93,20 @@ def _read_table(path: Path) -> pd.DataFrame:
         ) from None
 
 
-def _read_excel(path: Path) -> pd.DataFrame:
+def _read_excel(path: Path) -> tuple[pd.DataFrame, str]:
     from python_calamine import CalamineWorkbook
 
     sheets = CalamineWorkbook.from_path(str(path)).sheet_names
     if not sheets:
         raise InputError(path, STAGE, None, "the workbook has no sheet")
-    sheet = PREFERRED_SHEET if PREFERRED_SHEET in sheets else sheets[0]
+    if PREFERRED_SHEET in sheets:
+        sheet, label = PREFERRED_SHEET, f"{path} (sheet '{PREFERRED_SHEET}')"
+    else:
+        sheet = sheets[0]
+        label = (f"{path} (sheet '{sheet}', the first of {', '.join(repr(s) for s in sheets)}; "
+                 f"no sheet named '{PREFERRED_SHEET}')")
     # calamine reads the UCI workbook about ten times faster than openpyxl.
-    return pd.read_excel(path, sheet_name=sheet, engine="calamine")
+    return pd.read_excel(path, sheet_name=sheet, engine="calamine"), label
 
 
 def normalize_invoices(df: pd.DataFrame, source: Path | str = "input") -> pd.DataFrame:

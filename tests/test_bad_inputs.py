@@ -1,0 +1,200 @@
+"""A catalogue of malformed inputs: each ends with exit code 2, one clear paragraph, and no damage.
+
+"No damage" means: no stage output of the failing run is marked complete, the run never becomes
+`latest`, and an earlier good run in the same artifacts folder is byte-for-byte untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SAMPLE, run_cli
+from tasks.errors import PipelineError
+from tasks.runner import QualityError, Run, run_stage
+from tasks.stages import CLEAN, FEATURES, INGEST, NORMALIZE
+from test_flow import run_flow, snapshot
+
+
+@pytest.fixture(scope="module")
+def base() -> pd.DataFrame:
+    """A small valid export: the sample's first 150 customers and some guest lines."""
+    df = pd.read_parquet(SAMPLE)
+    keep = df["CustomerID"].isin(sorted(df["CustomerID"].dropna().unique())[:150])
+    return pd.concat([df[keep], df[df["CustomerID"].isna()].head(300)]).sort_values("InvoiceDate", kind="stable").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def good_run(prefect_server, tmp_path_factory):
+    """A completed run that every bad run below must leave untouched."""
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    manifest = run_flow(SAMPLE, artifacts)
+    return artifacts, Path(manifest["run_dir"]), snapshot(Path(manifest["run_dir"]))
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> Path:
+    df.to_csv(path, index=False)
+    return path
+
+
+def xlsx(path: Path, sheets: dict[str, pd.DataFrame]) -> Path:
+    with pd.ExcelWriter(path, engine="openpyxl") as writer:
+        for name, frame in sheets.items():
+            frame.to_excel(writer, sheet_name=name, index=False)
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def folder_without_exports(d: Path) -> Path:
+    (d / "exports").mkdir()
+    (d / "exports" / "readme.txt").write_text("exports go here")
+    return d / "exports"
+
+
+def future(df):
+    out = df.copy()
+    out.loc[out.index[:20], "InvoiceDate"] = pd.Timestamp.now() + pd.Timedelta(days=400)
+    return out
+
+
+def bulk_negative_prices(df):
+    out = df.copy()
+    out.loc[out.index[::10], "UnitPrice"] = -out.loc[out.index[::10], "UnitPrice"]
+    return out
+
+
+def few_customers(df):
+    return df[df["CustomerID"].isin(sorted(df["CustomerID"].dropna().unique())[:6])]
+
+
+# name -> (make the input file from (base, tmp_path), words the message must contain)
+CASES = {
+    "missing column": (lambda b, d: write_csv(b.drop(columns="Country"), d / "x.csv"),
+                       ["x.csv", "ingest", "Country", "not found"]),
+    "renamed column": (lambda b, d: write_csv(b.rename(columns={"CustomerID": "Customer ID"}), d / "x.csv"),
+                       ["x.csv", "CustomerID", "'Customer ID'"]),
+    "empty file": (lambda b, d: write_bytes(d / "x.csv", b""), ["x.csv", "empty"]),
+    "header only": (lambda b, d: write_csv(b.head(0), d / "x.csv"),
+                    ["ingest", "raw_invoices", "expect_table_row_count_to_be_between", "observed 0"]),
+    "xlsx without the expected sheet, several sheets": (
+        lambda b, d: xlsx(d / "x.xlsx", {"Notes": pd.DataFrame({"note": ["exported by hand"]}), "Data": b.head(50)}),
+        ["x.xlsx", "sheet 'Notes'", "'Notes', 'Data'", "no sheet named 'Online Retail'", "InvoiceNo"]),
+    "corrupt xlsx bytes": (lambda b, d: write_bytes(d / "x.xlsx", b"PK\x03\x04 this is not a workbook" * 20),
+                           ["x.xlsx", "cannot be read as xlsx"]),
+    "not a table": (lambda b, d: write_bytes(d / "x.parquet", b"\x89PNG\r\n\x1a\n" + bytes(200)),
+                    ["x.parquet", "cannot be read as parquet"]),
+    "wrong encoding": (lambda b, d: write_bytes(
+        d / "x.csv", b.head(20).assign(Description="CAF\u00c9 MUG").to_csv(index=False).encode("latin-1")),
+        ["x.csv", "not UTF-8"]),
+    "non-numeric Quantity": (lambda b, d: write_csv(b.astype({"Quantity": "object"}).assign(
+        Quantity=lambda f: f["Quantity"].where(f.index % 7 != 0, "six")), d / "x.csv"),
+        ["x.csv", "column Quantity", "not numbers", "'six'"]),
+    "unparsable dates": (lambda b, d: write_csv(b.astype({"InvoiceDate": "object"}).assign(
+        InvoiceDate=lambda f: f["InvoiceDate"].where(f.index % 9 != 0, "31/31/2011 25:00")), d / "x.csv"),
+        ["x.csv", "column InvoiceDate", "not dates", "'31/31/2011 25:00'"]),
+    "every row cancelled": (lambda b, d: write_csv(b.assign(Quantity=-b["Quantity"].abs(), InvoiceNo="C" + b["InvoiceNo"].str.lstrip("C")), d / "x.csv"),
+                            ["clean", "clean_invoices", "expect_table_row_count_to_be_between", "observed 0"]),
+    "every CustomerID blank": (lambda b, d: write_csv(b.assign(CustomerID=np.nan), d / "x.csv"),
+                               ["clean", "clean_invoices", "observed 0"]),
+    "fewer customers than k": (lambda b, d: write_csv(few_customers(b), d / "x.csv"),
+                               ["features", "customer_features", "expect_table_row_count_to_be_between", "observed 6"]),
+    "negative UnitPrice in bulk": (lambda b, d: write_csv(bulk_negative_prices(b), d / "x.csv"),
+                                   ["ingest", "raw_invoices", "column UnitPrice", "expect_column_values_to_be_between"]),
+    "dates in the future": (lambda b, d: write_csv(future(b), d / "x.csv"),
+                            ["ingest", "raw_invoices", "column InvoiceDate", "20 of"]),
+    "folder without exports": (lambda b, d: folder_without_exports(d),
+                               ["exports", "holds no"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_malformed_input(case, base, good_run, tmp_path):
+    artifacts, good_dir, before = good_run
+    make, words = CASES[case]
+    path = make(base, tmp_path)
+    result = run_cli("run", "--input", str(path), "--artifacts", str(artifacts), "--json")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    message = result.stderr.strip()
+    assert message.startswith("Error: ") and len(message.splitlines()) == 1, message
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in message, (word, message)
+    assert_no_damage(artifacts, good_dir, before)
+
+
+def assert_no_damage(artifacts: Path, good_dir: Path, before: dict) -> None:
+    for manifest_path in artifacts.glob("*/*/manifest.json"):
+        if manifest_path.parent == good_dir or manifest_path.parent.is_symlink():
+            continue
+        manifest = json.loads(manifest_path.read_text())
+        assert manifest["status"] == "failed"
+        failed = [s for s, r in manifest["stages"].items() if r["status"] not in ("completed", "cached")]
+        assert len(failed) == 1  # the failing stage, never marked complete
+        for record in manifest["stages"].values():
+            if record["status"] not in ("completed", "cached"):
+                assert not record.get("outputs")
+    assert (good_dir.parent / "latest").resolve() == good_dir.resolve()
+    assert snapshot(good_dir) == before
+
+
+def test_gate_failure_keeps_output_for_inspection_with_report(prefect_server, base, tmp_path):
+    result = run_cli("run", "--input", str(write_csv(few_customers(base), tmp_path / "x.csv")),
+                     "--artifacts", str(tmp_path / "a"), "--json")
+    assert result.returncode == 2
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    run_dir = Path(summary["run_dir"])
+    assert summary["status"] == "failed"
+    assert (run_dir / "failed" / "customer_features.parquet").exists()
+    assert not (run_dir / "customer_features.parquet").exists()
+    report = run_dir / "validation" / "customer_features.json"
+    assert str(report) in result.stderr
+    assert json.loads(report.read_text())["success"] is False
+    assert (run_dir / "validation" / "docs" / "index.html").exists()
+    gate = json.loads((run_dir / "manifest.json").read_text())["stages"]["features"]["gates"]["customer_features"]
+    assert gate["success"] is False and gate["failed_critical"] >= 1
+
+
+def stage_with(stage, corrupt):
+    """The same stage with its output corrupted after the transform: what a buggy change would do."""
+    original = stage.transform
+
+    def transform(*args, **kwargs):
+        return corrupt(original(*args, **kwargs))
+
+    return dataclasses.replace(stage, transform=transform)
+
+
+@pytest.mark.parametrize("stage, words", [
+    (stage_with(FEATURES, lambda f: pd.concat([f, f.head(3)], ignore_index=True)),
+     ["features", "customer_features", "column CustomerID", "expect_column_values_to_be_unique"]),
+    (stage_with(NORMALIZE, lambda f: f.assign(OrderCount=f["OrderCount"].where(f.index % 5 != 0))),
+     ["normalize", "normalized_features", "column OrderCount", "expect_column_values_to_not_be_null"]),
+], ids=["duplicated customers after features", "NaN in normalized features"])
+def test_injected_corruption_stops_at_the_next_gate(stage, words, tmp_path):
+    run = Run(artifacts=tmp_path, manifest={"run_id": "r", "started_at": "2026-01-01T00:00:00+00:00"},
+              params={"input_path": str(SAMPLE), "input_sha256": "s", "cutoff": "2011-12-01T00:00:00",
+                      "k_min": 4, "k_max": 8, "k": None})
+    run.run_dir = tmp_path / "2011-12" / "r"
+    order = [INGEST, CLEAN, FEATURES, NORMALIZE]
+    for step in order[: order.index(next(s for s in order if s.name == stage.name))]:
+        run_stage(step, run)
+    with pytest.raises(QualityError) as err:
+        run_stage(stage, run)
+    assert isinstance(err.value, PipelineError) and err.value.exit_code == 2
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+    record = run.manifest["stages"][stage.name]
+    assert record["status"] == "failed" and "outputs" not in record
+    dataset = stage.outputs[0]
+    assert (run.run_dir / "failed" / f"{dataset}.parquet").exists()
+    assert not (run.run_dir / f"{dataset}.parquet").exists()
+    assert not list((tmp_path / "cache" / stage.name).glob("*/entry.json"))
