@@ -1,0 +1,144 @@
+"""What a person sees and schedules: the Prefect UI in headless Chromium, the served deployment,
+the scheduled run's month, and prefect.yaml's deployment on a process work pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, REPO, run_cli
+from test_flow import run_flow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = REPO / "artifacts" / "test-screenshots"
+# The closed network refuses Chromium's background connections; these flags keep it quiet.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+def client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing: .ci/run installs it")
+        pytest.skip("Debian's chromium is not installed here (apt-get install chromium); CI installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def test_flow_run_page_shows_the_run_and_its_artifacts(prefect_server, sample, tmp_path, browser):
+    manifest = run_flow(sample, tmp_path)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{prefect_server.ui_url}/runs/flow-run/{manifest['flow_run_id']}")
+    page.get_by_text(f"segmentation-{manifest['as_of']}").first.wait_for(timeout=60_000)
+    page.get_by_text("Artifacts", exact=True).first.click()
+    for key in ("segmentation-summary", "segment-profiles", "data-quality", "run-folder"):
+        page.get_by_text(key, exact=True).first.wait_for(timeout=30_000)
+    body = page.inner_text("body")
+    assert "Completed" in body and f"as-of:{manifest['as_of']}" in body
+    assert f"input:{manifest['input']['sha256'][:12]}" in body
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "flow-run-artifacts.png"), full_page=True)
+
+    page.get_by_text("segmentation-summary", exact=True).first.click()
+    page.get_by_text("Segments", exact=True).first.wait_for(timeout=30_000)
+    summary = page.inner_text("body")
+    assert "High value: frequent, big spenders" in summary and manifest["run_id"] in summary
+    page.screenshot(path=str(SCREENSHOTS / "segmentation-summary.png"), full_page=True)
+    page.close()
+    assert (SCREENSHOTS / "flow-run-artifacts.png").stat().st_size > 10_000
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_served_deployment_runs_on_schedule_for_the_scheduled_month(prefect_server, sample, tmp_path):
+    from prefect.states import Scheduled
+
+    landing = tmp_path / "incoming"
+    landing.mkdir()
+    shutil.copy(sample, landing / "export.parquet")
+    artifacts = tmp_path / "artifacts"
+    server = subprocess.Popen(
+        [str(BIN / "segment"), "serve", "--landing", str(landing), "--artifacts", str(artifacts),
+         "--timezone", "Europe/London"],
+        cwd=REPO, env={**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
+        stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        def deployment():
+            try:
+                with client() as c:
+                    found = c.read_deployment_by_name("customer-segmentation/monthly-segmentation")
+            except Exception:
+                return None
+            # Another test may have registered the same name; wait for this serve's version.
+            return found if found.parameters.get("input_path") == str(landing) else None
+
+        served = wait_for(deployment, 120, "the served deployment")
+        schedule = served.schedules[0].schedule
+        assert (schedule.cron, schedule.timezone) == ("0 6 1 * *", "Europe/London")
+        assert served.parameters["as_of"] == "scheduled" and served.parameters["input_path"] == str(landing)
+
+        # The run the schedule makes for 1 January 2012, 06:00 London time: it must segment
+        # the invoices before 2012-01-01.
+        start = datetime(2012, 1, 1, 6, 0, tzinfo=UTC)
+        with client() as c:
+            flow_run = c.create_flow_run_from_deployment(served.id, state=Scheduled(scheduled_time=start))
+
+        def finished():
+            with client() as c:
+                state = c.read_flow_run(flow_run.id).state
+            return state if state.is_final() else None
+
+        state = wait_for(finished, 300, "the scheduled run to finish")
+        assert state.is_completed(), (tmp_path / "serve.log").read_text()[-3000:]
+        manifest = json.loads(next(artifacts.glob("2012-01/*/manifest.json")).read_text())
+        assert manifest["as_of"] == "2012-01" and manifest["cutoff"] == "2012-01-01T00:00:00"
+        assert manifest["flow_run_id"] == str(flow_run.id) and manifest["status"] == "completed"
+        with client() as c:
+            assert c.read_flow_run(flow_run.id).name == "segmentation-2012-01"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)
+
+
+def test_prefect_yaml_declares_the_same_deployment_on_a_process_pool(prefect_server):
+    env = {**os.environ, "PWD": str(REPO)}
+    created = subprocess.run([str(BIN / "prefect"), "work-pool", "create", "segmentation", "--type", "process"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stderr + created.stdout
+    deployed = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+    with client() as c:
+        deployment = c.read_deployment_by_name("customer-segmentation/monthly-segmentation")
+    assert deployment.work_pool_name == "segmentation"
+    assert deployment.entrypoint == "flows/pipeline.py:segmentation"
+    assert deployment.schedules[0].schedule.cron == "0 6 1 * *"
+    assert deployment.parameters["as_of"] == "scheduled"
+    assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
