@@ -1,11 +1,22 @@
 """Quality gates between stages: the bridge from the stage runner to the GX suites.
 
-Great Expectations is imported only when a dataset with a suite is validated.
+Importing Great Expectations takes seconds. A run therefore starts a validator process first
+thing (`start_validator`), which imports GX on the second core while the run starts up and
+ingests; the gates then validate there. Without it (tests calling the runner directly, or if the
+process is gone) validation runs in-process. Great Expectations is imported only where a
+dataset is validated or Data Docs are built.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import io
 import json
+import multiprocessing
+import os
+import shutil
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,22 +41,145 @@ def has_suite(dataset: str) -> bool:
     return (EXPECTATIONS_DIR / f"{dataset}.json").exists()
 
 
-def check(dataset: str, df: pd.DataFrame, facts: Mapping[str, Any]) -> GateOutcome | None:
-    """Validate a stage output with expectations/<dataset>.json; None when it has no suite."""
+def check(dataset: str, df: pd.DataFrame, data: bytes, facts: Mapping[str, Any]) -> GateOutcome | None:
+    """Validate a stage output with expectations/<dataset>.json; None when it has no suite.
+
+    `data` is the output's Parquet bytes: what the validator process reads instead of a pickle.
+    """
     if not has_suite(dataset):
         return None
+    parameters = {k: v for k, v in facts.items() if v is not None}
+    worker = _validator()
+    if worker is not None:
+        return worker.call("validate", dataset, data, parameters)
+    return _validate(dataset, df, parameters)
+
+
+def build_docs(validation_dir: Path, cache_dir: Path) -> Path | None:
+    """GX Data Docs of a run's validation/ reports, into validation/docs/.
+
+    The site is cached under the sha256 of the reports: a rerun whose stages all came from the
+    cache links the same site instead of importing GX to build it again.
+    """
+    reports = sorted(p for p in validation_dir.glob("*.json"))
+    if not reports:
+        return None
+    digest = hashlib.sha256()
+    for path in reports:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    cached = cache_dir / "data_docs" / digest.hexdigest()
+    target = validation_dir / "docs"
+    if not (cached / ".complete").exists():
+        building = cached.with_name(f".{cached.name}.{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
+        worker = _validator()
+        if worker is not None:
+            worker.call("docs", [str(p) for p in reports], str(building))
+        else:
+            _docs([str(p) for p in reports], str(building))
+        (building / ".complete").touch()
+        shutil.rmtree(cached, ignore_errors=True)
+        building.rename(cached)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(cached, target, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(".complete"))
+    return target / "index.html"
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+# --- the work itself, in whichever process runs it ----------------------------------------------
+
+
+def _validate(dataset: str, df: pd.DataFrame | None, parameters: Mapping[str, Any], data: bytes | None = None) -> GateOutcome:
     from tasks import quality
 
-    result = quality.validate(df, dataset, {k: v for k, v in facts.items() if v is not None})
+    if df is None:
+        df = pd.read_parquet(io.BytesIO(data))
+    result = quality.validate(df, dataset, parameters)
     summary = {k: v for k, v in result.summary().items() if k != "findings"}
     return GateOutcome(summary=summary, message=result.error_message(), report=result.report)
 
 
-def build_docs(validation_dir: Path) -> Path | None:
-    """GX Data Docs for every report in a run's validation/ folder, into validation/docs/."""
-    reports = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(validation_dir.glob("*.json"))}
-    if not reports:
-        return None
+def _docs(report_paths: list[str], out_dir: str) -> str:
     from tasks import quality
 
-    return quality.build_data_docs(reports, validation_dir / "docs")
+    reports = {Path(p).stem: json.loads(Path(p).read_text(encoding="utf-8")) for p in report_paths}
+    return str(quality.build_data_docs(reports, Path(out_dir)))
+
+
+def _serve(conn) -> None:
+    """The validator process: import GX once, then answer requests until told to stop."""
+    from tasks import quality
+
+    quality._gx_state()
+    handlers = {
+        "validate": lambda dataset, data, parameters: _validate(dataset, None, parameters, data),
+        "docs": _docs,
+    }
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        kind, args = request
+        try:
+            conn.send(("ok", handlers[kind](*args)))
+        except Exception as exc:  # handed back to the caller, who raises it
+            conn.send(("error", exc))
+
+
+class _Validator:
+    def __init__(self):
+        # Spawn, not fork: the parent runs Prefect's threads, which a fork would copy broken.
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child,), name="quality-gates", daemon=True)
+        self.process.start()
+        child.close()
+        self.lock = threading.Lock()
+
+    def call(self, kind: str, *args):
+        with self.lock:
+            self.conn.send((kind, args))
+            status, value = self.conn.recv()
+        if status == "error":
+            raise value
+        return value
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+_worker: _Validator | None = None
+
+
+def start_validator() -> None:
+    """Start the validator process now, so that it is ready when the first gate needs it."""
+    global _worker
+    if _worker is None or not _worker.process.is_alive():
+        _worker = _Validator()
+        atexit.register(stop_validator)
+
+
+def stop_validator() -> None:
+    global _worker
+    if _worker is not None:
+        _worker.stop()
+        _worker = None
+
+
+def _validator() -> _Validator | None:
+    return _worker if _worker is not None and _worker.process.is_alive() else None

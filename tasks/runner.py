@@ -93,7 +93,7 @@ class Run:
     run_dir: Path | None = None
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     refresh: frozenset[str] = frozenset()
-    # The quality gate: (dataset, frame, facts) -> GateOutcome or None; None switches gates off.
+    # The quality gate: (dataset, frame, parquet bytes, facts) -> GateOutcome or None.
     validate: Callable[..., Any] | None = gates.check
     # Frames made or read in this process, by sha256, so the next stage need not re-read them.
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
@@ -136,6 +136,11 @@ def cache_key(stage: Stage, run: Run) -> str:
         "inputs": {d: run.datasets[d]["sha256"] for d in stage.inputs},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def has_cache_entry(stage: Stage, run: Run) -> bool:
+    """Whether the stage will probably be reused (its entry exists; run_stage still verifies it)."""
+    return stage.name not in run.refresh and (run.cache_dir / stage.name / cache_key(stage, run) / ENTRY).exists()
 
 
 def run_stage(stage: Stage, run: Run) -> dict[str, Any]:
@@ -218,7 +223,7 @@ def _gate(stage: Stage, run: Run, dataset: str, df: pd.DataFrame, data: bytes):
     """Validate one output; on a critical failure keep it for inspection, never as complete."""
     if run.validate is None:
         return None
-    outcome = run.validate(dataset, df, run.facts)
+    outcome = run.validate(dataset, df, data, run.facts)
     if outcome is None or outcome.message is None:
         return outcome
     where = run.run_dir if run.run_dir is not None else run.cache_dir / "failed" / run.manifest["run_id"]

@@ -142,7 +142,7 @@ def finish(run: Run, status: str, error: str | None = None) -> dict[str, Any]:
     """Close the run: Data Docs of its quality reports, final manifest, and `latest` on success."""
     if run.run_dir is not None:
         try:
-            docs = gates.build_docs(run.run_dir / "validation")
+            docs = gates.build_docs(run.run_dir / "validation", run.cache_dir)
         except Exception:
             if status == "completed":
                 raise
