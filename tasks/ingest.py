@@ -96,7 +96,8 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, str]:
 def _read_excel(path: Path) -> tuple[pd.DataFrame, str]:
     from python_calamine import CalamineWorkbook
 
-    sheets = CalamineWorkbook.from_path(str(path)).sheet_names
+    workbook = CalamineWorkbook.from_path(str(path))
+    sheets = workbook.sheet_names
     if not sheets:
         raise InputError(path, STAGE, None, "the workbook has no sheet")
     if PREFERRED_SHEET in sheets:
@@ -105,8 +106,13 @@ def _read_excel(path: Path) -> tuple[pd.DataFrame, str]:
         sheet = sheets[0]
         label = (f"{path} (sheet '{sheet}', the first of {', '.join(repr(s) for s in sheets)}; "
                  f"no sheet named '{PREFERRED_SHEET}')")
-    # calamine reads the UCI workbook about ten times faster than openpyxl.
-    return pd.read_excel(path, sheet_name=sheet, engine="calamine"), label
+    # calamine's rows straight into a frame: about ten times faster than openpyxl, and faster
+    # than pandas' calamine engine, whose per-cell type inference normalize_invoices redoes anyway.
+    rows = workbook.get_sheet_by_name(sheet).to_python(skip_empty_area=False)
+    if not rows:
+        raise InputError(label, STAGE, None, "the sheet is empty (no header row)")
+    header = [str(c).strip() if c is not None else "" for c in rows[0]]
+    return pd.DataFrame(rows[1:], columns=header), label
 
 
 def normalize_invoices(df: pd.DataFrame, source: Path | str = "input") -> pd.DataFrame:
@@ -145,8 +151,12 @@ def normalize_invoices(df: pd.DataFrame, source: Path | str = "input") -> pd.Dat
 
 def _id_strings(col: pd.Series) -> pd.Series:
     """536365 / 536365.0 / ' 536365 ' -> '536365'; blanks stay missing."""
+    if pd.api.types.is_float_dtype(col) and (col.dropna() % 1 == 0).all():
+        # Whole floats (a numeric CustomerID column with blanks): via integers, ten times faster.
+        return col.astype("Int64").astype("str")
     text = col.astype("str").str.strip()
-    text = text.str.replace(r"\.0+$", "", regex=True)
+    if text.str.endswith(".0").any():
+        text = text.str.replace(r"\.0+$", "", regex=True)
     return text.mask(text.eq(""))
 
 

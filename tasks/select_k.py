@@ -11,9 +11,10 @@ from tasks.features import FEATURES
 RANDOM_STATE = 42
 N_INIT = 10
 ELBOW_RANGE = range(2, 11)
-# Silhouette is quadratic in the number of points; beyond this many customers it is
-# estimated on a fixed random sample, which keeps it linear and deterministic.
-SILHOUETTE_SAMPLE = 10_000
+# Silhouette is quadratic in the number of points; beyond this many customers it is estimated
+# on one fixed random sample (the same customers for every k), which bounds its time and the
+# distance matrix (5,000² float64 = 200 MB) and keeps it deterministic.
+SILHOUETTE_SAMPLE = 5_000
 
 
 def fit_kmeans(points: np.ndarray, k: int):
@@ -29,11 +30,18 @@ def sum_of_squares(points: np.ndarray, labels: np.ndarray) -> float:
     return float(((points - centers) ** 2).sum())
 
 
-def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import silhouette_score
+def silhouettes(points: np.ndarray, labels_by_k: dict[int, np.ndarray]) -> dict[int, float]:
+    """Mean silhouette per k, from one distance matrix shared by every k."""
+    from sklearn.metrics import pairwise_distances, silhouette_score
 
-    sample = SILHOUETTE_SAMPLE if len(points) > SILHOUETTE_SAMPLE else None
-    return float(silhouette_score(points, labels, sample_size=sample, random_state=RANDOM_STATE))
+    rows = np.arange(len(points))
+    if len(points) > SILHOUETTE_SAMPLE:
+        rows = np.sort(np.random.RandomState(RANDOM_STATE).choice(len(points), SILHOUETTE_SAMPLE, replace=False))
+    distances = pairwise_distances(points[rows])
+    return {
+        k: float(silhouette_score(distances, labels[rows], metric="precomputed"))
+        for k, labels in labels_by_k.items()
+    }
 
 
 def k_selection(
@@ -54,15 +62,13 @@ def k_selection(
     points = normalized[list(FEATURES)].to_numpy()
     ks = sorted({*ELBOW_RANGE, *range(k_min, k_max + 1)} | ({k} if k else set()))
     ks = [n for n in ks if n < customers]
-    rows = []
-    for n in ks:
-        labels = fit_kmeans(points, n).labels_
-        rows.append({
-            "k": n,
-            "sse": sum_of_squares(points, labels),
-            "silhouette": silhouette(points, labels) if k_min <= n <= k_max else np.nan,
-        })
-    table = pd.DataFrame(rows)
+    labels = {n: fit_kmeans(points, n).labels_ for n in ks}
+    scored = silhouettes(points, {n: labels[n] for n in ks if k_min <= n <= k_max})
+    table = pd.DataFrame({
+        "k": ks,
+        "sse": [sum_of_squares(points, labels[n]) for n in ks],
+        "silhouette": [scored.get(n, np.nan) for n in ks],
+    })
     best = int(table.loc[table["silhouette"].idxmax(), "k"])  # idxmax takes the smaller k on ties
     table["best_silhouette"] = table["k"].eq(best)
     table["elbow"] = table["k"].eq(elbow_k(table))

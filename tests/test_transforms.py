@@ -192,3 +192,17 @@ def test_profiles_and_top_products():
     assert seg0[["StockCode", "orders", "quantity", "revenue", "rank"]].values.tolist() == [
         ["Y", 2, 6, 6.0, 1], ["X", 2, 3, 3.0, 2]]
     assert top.loc[top["StockCode"] == "Z", "Description"].item() == "z"
+
+
+def test_silhouette_on_a_fixed_sample_when_customers_are_many(monkeypatch):
+    import tasks.select_k as select_k
+
+    full = k_selection(blobs(), k_min=3, k_max=6)
+    monkeypatch.setattr(select_k, "SILHOUETTE_SAMPLE", 100)  # 240 customers: sampled
+    sampled = k_selection(blobs(), k_min=3, k_max=6)
+    again = k_selection(blobs(), k_min=3, k_max=6)
+    pd.testing.assert_frame_equal(sampled, again)  # the sample is fixed, not random per run
+    assert sampled.loc[sampled["chosen"], "k"].item() == 4
+    assert not np.allclose(sampled["silhouette"].dropna(), full["silhouette"].dropna(), rtol=0, atol=1e-12)
+    assert np.allclose(sampled["silhouette"].dropna(), full["silhouette"].dropna(), atol=0.05)
+    pd.testing.assert_series_equal(sampled["sse"], full["sse"])  # SSE always uses every customer
