@@ -46,6 +46,7 @@ def run(
 
     Stages whose inputs, parameters and code are unchanged reuse their verified cached outputs.
     """
+    _start_validator()
     from flows.pipeline import segmentation
 
     parameters = dict(input_path=str(input), as_of=as_of, k=k, k_min=k_min, k_max=k_max,
@@ -63,6 +64,7 @@ def resume(
     verbose: VerboseOption = False,
 ) -> None:
     """Complete a failed or interrupted run in its own folder: finished stages are reused."""
+    _start_validator()
     from flows.pipeline import segmentation
 
     _finish(lambda: segmentation(run_id=run_id, artifacts=str(artifacts), refresh=refresh, from_stage=from_stage),
@@ -113,6 +115,13 @@ def generate(
     invoices = make(customers=customers, months=months, seed=seed).invoices
     write_table(invoices, out)
     typer.echo(f"Wrote {len(invoices):,} invoice lines of {customers:,} customers to {out}")
+
+
+def _start_validator() -> None:
+    """Before Prefect is even imported: Great Expectations' import then overlaps the start-up."""
+    from tasks import gates
+
+    gates.start_validator()
 
 
 def write_table(df, out: Path) -> None:

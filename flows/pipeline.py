@@ -21,7 +21,7 @@ from prefect.utilities.annotations import quote  # noqa: E402
 
 from flows import audit  # noqa: E402
 from tasks import gates, runs  # noqa: E402
-from tasks.runner import Run, Stage, has_cache_entry, run_stage  # noqa: E402
+from tasks.runner import Run, Stage, run_stage  # noqa: E402
 from tasks.stages import (  # noqa: E402
     CLEAN, CLUSTER, FEATURES, INGEST, NORMALIZE, PLOTS, PROFILE, SELECT_K, STAGE_NAMES,
 )
@@ -90,9 +90,8 @@ def segmentation(
     With run_id, the other parameters come from that run's manifest and the run is completed in
     its own folder (resume). A retry of the same flow run does the same.
     """
+    gates.start_validator()  # imports Great Expectations on the other core meanwhile
     run = prepare_run(input_path, as_of, k, k_min, k_max, artifacts, refresh, from_stage, run_id)
-    if not has_cache_entry(INGEST, run):
-        gates.start_validator()  # a new input: import Great Expectations on the other core meanwhile
     try:
         ingest(quote(run))
         runs.open_folder(run)

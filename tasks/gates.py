@@ -13,16 +13,19 @@ import atexit
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # the CLI starts the validator before pandas is imported
+    import pandas as pd
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
 
@@ -96,6 +99,8 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 def _validate(dataset: str, df: pd.DataFrame | None, parameters: Mapping[str, Any], data: bytes | None = None) -> GateOutcome:
+    import pandas as pd
+
     from tasks import quality
 
     if df is None:
@@ -112,10 +117,13 @@ def _docs(report_paths: list[str], out_dir: str) -> str:
     return str(quality.build_data_docs(reports, Path(out_dir)))
 
 
-def _serve(conn) -> None:
-    """The validator process: import GX once, then answer requests until told to stop."""
+def serve(fd: int) -> None:
+    """The validator process: import GX once, then answer requests until the parent goes away."""
+    from multiprocessing.connection import Connection
+
     from tasks import quality
 
+    conn = Connection(fd)
     quality._gx_state()
     handlers = {
         "validate": lambda dataset, data, parameters: _validate(dataset, None, parameters, data),
@@ -123,12 +131,9 @@ def _serve(conn) -> None:
     }
     while True:
         try:
-            request = conn.recv()
-        except EOFError:
+            kind, args = conn.recv()
+        except (EOFError, OSError):
             return
-        if request is None:
-            return
-        kind, args = request
         try:
             conn.send(("ok", handlers[kind](*args)))
         except Exception as exc:  # handed back to the caller, who raises it
@@ -136,14 +141,28 @@ def _serve(conn) -> None:
 
 
 class _Validator:
+    """A child Python process speaking pickled requests over a socket pair.
+
+    A plain subprocess rather than multiprocessing's spawn, which would re-run the caller's main
+    script in the child. When the parent exits, the child reads end-of-file and exits too: the
+    parent never waits for it.
+    """
+
     def __init__(self):
-        # Spawn, not fork: the parent runs Prefect's threads, which a fork would copy broken.
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child,), name="quality-gates", daemon=True)
-        self.process.start()
-        child.close()
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from tasks.gates import serve; serve(int(sys.argv[1]))",
+             str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.conn = Connection(ours.detach())
         self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def call(self, kind: str, *args):
         with self.lock:
@@ -154,13 +173,7 @@ class _Validator:
         return value
 
     def stop(self) -> None:
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
+        self.conn.close()
 
 
 _worker: _Validator | None = None
@@ -169,7 +182,7 @@ _worker: _Validator | None = None
 def start_validator() -> None:
     """Start the validator process now, so that it is ready when the first gate needs it."""
     global _worker
-    if _worker is None or not _worker.process.is_alive():
+    if _worker is None or not _worker.alive():
         _worker = _Validator()
         atexit.register(stop_validator)
 
@@ -182,4 +195,4 @@ def stop_validator() -> None:
 
 
 def _validator() -> _Validator | None:
-    return _worker if _worker is not None and _worker.process.is_alive() else None
+    return _worker if _worker is not None and _worker.alive() else None

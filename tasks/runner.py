@@ -138,11 +138,6 @@ def cache_key(stage: Stage, run: Run) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def has_cache_entry(stage: Stage, run: Run) -> bool:
-    """Whether the stage will probably be reused (its entry exists; run_stage still verifies it)."""
-    return stage.name not in run.refresh and (run.cache_dir / stage.name / cache_key(stage, run) / ENTRY).exists()
-
-
 def run_stage(stage: Stage, run: Run) -> dict[str, Any]:
     """Produce (or reuse) the stage's outputs; return the manifest record (small, JSON-able)."""
     started = time.perf_counter()
