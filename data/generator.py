@@ -29,16 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-COLUMNS = (
-    "InvoiceNo",
-    "StockCode",
-    "Description",
-    "Quantity",
-    "InvoiceDate",
-    "UnitPrice",
-    "CustomerID",
-    "Country",
-)
+from tasks.ingest import COLUMNS  # the export's eight columns, in the export's order
 
 SEGMENTS: tuple[str, ...] = (
     "high_value",

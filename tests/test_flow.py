@@ -118,3 +118,17 @@ def test_cli_missing_input_is_one_paragraph_and_exit_2(prefect_server, tmp_path)
     assert "nope.xlsx" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "a").exists() or not list((tmp_path / "a").glob("*/*/manifest.json"))
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv", "xlsx"])
+def test_cli_generate_writes_a_readable_export(suffix, tmp_path):
+    from tasks.ingest import COLUMNS, read_invoices
+
+    out = tmp_path / f"export.{suffix}"
+    result = run_cli("generate", "--out", str(out), "--customers", "40", "--months", "3", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert f"of 40 customers to {out}" in result.stdout
+    invoices = read_invoices(out)
+    assert tuple(invoices.columns) == COLUMNS and len(invoices) > 40
+    assert invoices["CustomerID"].dropna().nunique() == 40
+    assert invoices["InvoiceNo"].str.fullmatch(r"C?\d{6}").all()
