@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tasks import storage
+
 if TYPE_CHECKING:  # the CLI starts the validator before pandas is imported
     import pandas as pd
 
@@ -84,15 +86,9 @@ def build_docs(validation_dir: Path, cache_dir: Path) -> Path | None:
         shutil.rmtree(cached, ignore_errors=True)
         building.rename(cached)
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(cached, target, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(".complete"))
+    shutil.copytree(cached, target, copy_function=lambda src, dst: storage.link_or_copy(Path(src), Path(dst)),
+                    ignore=shutil.ignore_patterns(".complete"))
     return target / "index.html"
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 # --- the work itself, in whichever process runs it ----------------------------------------------

@@ -186,11 +186,11 @@ def _compute(stage: Stage, run: Run, entry_dir: Path) -> dict[str, Any]:
 
     # Facts of this stage (e.g. the customer count) are visible to its own gates.
     run.record(stage.name, metrics=metrics)
-    gates = {}
+    gate_summaries = {}
     for dataset, df in produced.items():
         outcome = _gate(stage, run, dataset, df, files[f"{dataset}.parquet"])
         if outcome is not None:
-            gates[dataset] = outcome.summary
+            gate_summaries[dataset] = outcome.summary
             files[f"validation/{dataset}.json"] = outcome.report_bytes()
 
     outputs = {}
@@ -208,7 +208,7 @@ def _compute(stage: Stage, run: Run, entry_dir: Path) -> dict[str, Any]:
         }
         if frame is not None:
             run.frames[sha] = frame
-    entry = {"stage": stage.name, "outputs": outputs, "metrics": metrics, "gates": gates}
+    entry = {"stage": stage.name, "outputs": outputs, "metrics": metrics, "gates": gate_summaries}
     # The entry file is written last: its presence is what marks the outputs complete.
     storage.write_json(entry_dir / ENTRY, entry)
     return entry

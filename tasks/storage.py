@@ -8,9 +8,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas loads on first use: the CLI imports this before it needs pandas
+    import pandas as pd
 
 CHUNK = 1 << 20
 
@@ -52,14 +53,9 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def write_parquet(path: Path, df: pd.DataFrame) -> str:
-    """Write a DataFrame atomically; return the sha256 of the bytes written (hashed once, in memory)."""
-    data = parquet_bytes(df)
-    write_bytes_atomic(path, data)
-    return sha256_bytes(data)
-
-
 def read_parquet(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.read_parquet(path, engine="pyarrow")
 
 
