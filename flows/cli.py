@@ -249,9 +249,5 @@ def summary_text(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

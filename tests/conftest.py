@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,12 +69,3 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
         [str(BIN / "segment"), *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})}, cwd=REPO,
     )
-
-
-@pytest.fixture
-def copy_sample(tmp_path):
-    def _copy(name: str = "invoices.parquet") -> Path:
-        target = tmp_path / name
-        shutil.copy(SAMPLE, target)
-        return target
-    return _copy
