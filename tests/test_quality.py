@@ -11,8 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import quality
-from tasks.quality import EXPECTATIONS_DIR, Finding, SuiteError, build_data_docs, validate
+from customer_segments.tasks.quality import validation
+from customer_segments.tasks.quality.docs import build_data_docs
+from customer_segments.tasks.quality.findings import Finding
+from customer_segments.tasks.quality.suites import SuiteError, suites_dir
+from customer_segments.tasks.quality.validation import required_parameters, validate
+
+EXPECTATIONS_DIR = suites_dir()
 
 # Each suite and the run-time parameters it refers to.
 DATASETS = {
@@ -149,7 +154,7 @@ def test_suite_file_is_readable_gx_json(dataset):
         assert entry["severity"] in {"critical", "warning", "info"}
         assert entry["meta"]["notes"].strip()
     # Loading builds every expectation, so a typo in a suite fails here.
-    assert quality.required_parameters(dataset) == DATASETS[dataset]
+    assert required_parameters(dataset) == DATASETS[dataset]
 
 
 @pytest.mark.parametrize(
@@ -185,14 +190,18 @@ def test_raw_broken_values_are_critical_and_name_the_column():
     gate = validate(df, "raw_invoices", RUN)
 
     assert not gate.success
-    invoice = only(gate.failed_critical, "expect_column_values_to_match_regex", "InvoiceNo")
+    # An invoice number's form is the shop's convention: worth a warning, not a stop.
+    invoice = only(gate.failed_warning, "expect_column_values_to_match_regex", "InvoiceNo")
     assert invoice.unexpected_sample == ["536365.0"]
     assert invoice.observed == "1 of 20 rows (5.0%)"
     price = only(gate.failed_critical, "expect_column_values_to_be_between", "UnitPrice")
     assert price.severity == "critical" and price.unexpected_sample == [-11062.06]
     date = only(gate.failed_critical, "expect_column_values_to_be_between", "InvoiceDate")
     assert date.unexpected_sample == ["2012-01-15T09:00:00"]
-    assert "InvoiceNo" in gate.error_message() and "UnitPrice" in gate.error_message()
+    assert "InvoiceNo" not in gate.error_message() and "UnitPrice" in gate.error_message()
+    # In the user's words first (the suite's notes), the expectation's name last.
+    assert "column UnitPrice: Prices are not negative" in gate.error_message()
+    assert "[critical: expect_column_values_to_be_between]" in gate.error_message()
 
 
 def test_raw_unit_price_tolerates_a_few_negatives():
@@ -219,12 +228,14 @@ def test_raw_missing_customers_are_a_warning_only():
     assert gate.report["meta"]["gate"]["success"] is True
 
 
-def test_raw_column_set_is_table_level():
+def test_raw_column_set_is_table_level_and_extra_columns_only_warn():
     df = raw_frame().drop(columns=["UnitPrice"]).assign(Extra=1)
     gate = validate(df, "raw_invoices", RUN)
     columns = only(gate.failed_critical, "expect_table_columns_to_match_set", None)
-    assert "missing: UnitPrice" in columns.observed and "unexpected: Extra" in columns.observed
-    assert columns.unexpected_sample == ["Extra"]
+    assert "missing: UnitPrice" in columns.observed
+    extra = only(gate.failed_warning, "expect_table_columns_to_match_set", None)
+    assert "unexpected: Extra" in extra.observed and extra.unexpected_sample == ["Extra"]
+    assert validate(raw_frame().assign(Extra=1), "raw_invoices", RUN).success
     absent = only(gate.failed_critical, "expect_column_values_to_not_be_null", "UnitPrice")
     assert absent.observed == "column UnitPrice is missing from the dataset"
 
@@ -254,7 +265,7 @@ def test_datetimes_are_compared_in_ns_without_touching_the_callers_frame():
         0: [1],
     })
     before = df.dtypes.to_dict()
-    out = quality._comparable_datetimes(df)
+    out = validation.comparable_datetimes(df)
     assert str(out["us"].dtype) == "datetime64[ns]" and str(out["aware"].dtype) == "datetime64[ns, UTC]"
     assert str(out["far"].dtype) == "datetime64[s]"
     assert df.dtypes.to_dict() == before
@@ -397,7 +408,7 @@ def test_top_products_orders_at_least_one():
 def test_missing_parameter_is_named():
     with pytest.raises(ValueError, match="needs parameter.*customers"):
         validate(labels_frame(), "cluster_labels", {"k": 3})
-    assert quality.required_parameters("cluster_labels") == ("customers", "k")
+    assert required_parameters("cluster_labels") == ("customers", "k")
 
 
 def test_unknown_suite_and_bad_expectation(tmp_path):
@@ -447,7 +458,8 @@ def test_summary_is_small_and_json():
     # The same negative prices fail the critical "almost all" rule and the warning "all" rule.
     assert (summary["failed_critical"], summary["failed_warning"]) == (1, 1)
     assert summary["findings"][0]["column"] == "UnitPrice"
-    assert summary["critical"][0].startswith("critical: column UnitPrice: expect_column_values_to_be_between failed")
+    assert summary["critical"][0].startswith("column UnitPrice: Prices are not negative")
+    assert summary["critical"][0].endswith("[critical: expect_column_values_to_be_between]")
     json.dumps(summary)
 
 
@@ -480,7 +492,7 @@ def test_data_docs_name_every_dataset_and_nothing_is_written_elsewhere(tmp_path,
 
 def test_fresh_process_imports_gx_lazily_and_writes_nothing(tmp_path):
     code = (
-        "import sys, pandas as pd, tasks.quality as q\n"
+        "import sys, pandas as pd, customer_segments.tasks.quality.validation as q\n"
         "print('great_expectations' in sys.modules)\n"
         "gate = q.validate(pd.DataFrame({'k': [2, 3], 'sse': [2.0, 1.0], 'silhouette': [0.1, 0.2],"
         " 'chosen': [False, True]}), 'k_selection')\n"
@@ -507,3 +519,49 @@ def test_real_raw_invoices_pass_with_known_warnings(real_parquet):
                  and r["expectation_config"]["type"] == "expect_column_values_to_be_between"
                  and r["expectation_config"]["severity"] == "critical")
     assert price["result"]["unexpected_count"] == 2  # UCI's two bad-debt adjustments
+
+
+# --- house conventions warn; what breaks the analysis stops ---------------------------------------
+
+
+def test_invoice_numbers_of_any_length_pass_and_a_c_prefix_keeps_its_meaning():
+    df = raw_frame()
+    df["InvoiceNo"] = df["InvoiceNo"].str.replace("536", "1536", regex=False)  # seven digits
+    gate = validate(df, "raw_invoices", RUN)
+    assert gate.success and gate.failed_warning == []
+    df.loc[0, "InvoiceNo"] = "C" + df.loc[0, "InvoiceNo"]  # a cancellation with a positive quantity
+    warning = only(validate(df, "raw_invoices", RUN).failed_warning, "expect_column_values_to_not_match_regex", "InvoiceNo")
+    assert "starting with C marks a cancellation" in warning.describe()
+
+
+def test_a_header_only_file_is_described_in_words():
+    gate = validate(raw_frame().head(0), "raw_invoices", RUN)
+    message = gate.error_message()
+    assert "the file has a header but no invoice lines" in message
+    assert "expect_table_row_count_to_be_between, observed 0" in message
+
+
+def test_problem_sentences_take_the_runs_facts():
+    gate = validate(features_frame(), "customer_features", {"k_max": 8})
+    assert "only 5 customers remain after cleaning, fewer than the 8 segments the run tries" in gate.error_message()
+    empty = clean_frame().head(0)
+    facts = dict(RUN, cleaning_summary="of 12 lines, 12 have no CustomerID")
+    assert "no invoice lines remain after cleaning: of 12 lines, 12 have no CustomerID" in \
+        validate(empty, "clean_invoices", facts).error_message()
+
+
+def test_a_missing_suite_stops_the_run_and_names_the_file(tmp_path, monkeypatch):
+    from customer_segments.tasks.errors import PipelineError
+
+    monkeypatch.setenv("SEGMENT_EXPECTATIONS", str(tmp_path))
+    with pytest.raises(SuiteError) as err:
+        validate(raw_frame(), "raw_invoices", RUN)
+    assert isinstance(err.value, PipelineError) and err.value.exit_code == 2
+    assert str(tmp_path / "raw_invoices.json") in str(err.value)
+
+
+def test_suites_ship_inside_the_package():
+    import customer_segments.expectations as package
+
+    assert EXPECTATIONS_DIR == Path(package.__file__).parent
+    assert sorted(p.stem for p in EXPECTATIONS_DIR.glob("*.json")) == sorted(DATASETS)
