@@ -4,7 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 SAMPLE := data/sample/online_retail_sample.parquet
-UI_PORT ?= 4200
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
@@ -29,8 +28,9 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench.py
 
+# The UI of the local server every `segment` command reports to (started here if it is not running).
 ui: setup
-	PREFECT_UI_API_URL=http://127.0.0.1:$(UI_PORT)/api $(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT)
+	$(BIN)/segment server start --open
 
 clean-artifacts:
 	find artifacts -mindepth 1 -not -name .gitkeep -delete

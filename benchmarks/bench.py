@@ -40,7 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from flows.server import LocalPrefectServer
+from customer_segments.flows.server import LocalPrefectServer
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -178,7 +178,7 @@ def snapshot_code(dest: Path, mode: str) -> Path:
 
 def check_snapshot(code_dir: Path, env: dict[str, str]) -> None:
     """Fail early unless the commands import the pipeline from the copy."""
-    probe = "import flows.cli, tasks.runner; print(flows.cli.__file__); print(tasks.runner.__file__)"
+    probe = "import customer_segments.flows.cli as c, customer_segments.tasks.runner as r; print(c.__file__); print(r.__file__)"
     done = subprocess.run([str(PYTHON), "-c", probe], env=env, cwd="/", capture_output=True, text=True, timeout=120)
     files = done.stdout.split()
     if done.returncode != 0 or len(files) != 2 or not all(Path(f).is_relative_to(code_dir) for f in files):
@@ -402,7 +402,7 @@ import json, sys, time
 from pathlib import Path
 import numpy, pandas  # not charged to Great Expectations
 started = time.perf_counter()
-from tasks import quality
+from customer_segments.tasks import quality
 quality._gx_state()
 setup = time.perf_counter() - started
 reports = {p.stem: json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("*.json"))}

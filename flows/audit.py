@@ -1,38 +1,50 @@
-"""Run history and the Prefect artifacts that make each run auditable in the UI.
+"""Run history, the one-line stage log, and the Prefect artifacts that make each run auditable.
 
 Artifact keys are stable, so the UI's Artifacts page shows each key's history across runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks import runs
+from customer_segments.tasks import runs
+from customer_segments.tasks.manifest import Manifest, StageResult
 
 SUMMARY_KEY = "segmentation-summary"
 PROFILES_KEY = "segment-profiles"
 QUALITY_KEY = "data-quality"
 RUN_FOLDER_KEY = "run-folder"
-HISTORY_COLUMNS = ("month", "run_id", "status", "k", "customers", "input", "seconds")
+
+
+def stage_line(result: StageResult, upstream: Sequence[StageResult]) -> str:
+    """One line per stage for the run's log: rows in and out, cached or computed, the gates."""
+    record = result.record
+    rows_in = sum(ref.rows or 0 for r in upstream for ref in r.record.tables().values())
+    outputs = ", ".join(f"{name} {ref.rows:,} rows" for name, ref in record.tables().items())
+    figures = [ref for ref in record.outputs.values() if ref.file.startswith("plots/")]
+    made = outputs or f"{len(figures)} figure(s)"
+    how = "reused from cache" if record.status == "cached" else f"computed in {record.seconds:.2f} s"
+    line = f"{result.stage}: {rows_in:,} rows in -> {made}; {how}"
+    for dataset, gate in record.gates.items():
+        line += (f"; gate {dataset}: {gate['evaluated']} expectations, {gate['failed_critical']} critical failed, "
+                 f"{gate['failed_warning']} warning(s)")
+    return line
 
 
 def manifest_history(artifacts: Path) -> list[dict[str, Any]]:
     """Past runs from their manifests, oldest first."""
-    rows = []
-    for m in runs.manifests(artifacts):
-        stages = m.get("stages", {})
-        rows.append({
-            "month": m.get("as_of"),
-            "run_id": m.get("run_id"),
-            "status": m.get("status"),
-            "k": stages.get("select_k", {}).get("metrics", {}).get("k"),
-            "customers": stages.get("features", {}).get("metrics", {}).get("customers"),
-            "input": (m.get("input", {}).get("sha256") or "")[:12],
-            "seconds": m.get("seconds"),
-            "run_dir": m.get("run_dir"),
-        })
-    return rows
+    return [{
+        "month": m.as_of,
+        "run_id": m.run_id,
+        "status": m.status,
+        "k": m.k,
+        "customers": m.customers,
+        "input": m.input.sha256[:12],
+        "seconds": m.seconds,
+        "run_dir": m.run_dir,
+    } for m in runs.manifests(artifacts)]
 
 
 def prefect_history(limit: int = 50) -> list[dict[str, Any]]:
@@ -41,7 +53,7 @@ def prefect_history(limit: int = 50) -> list[dict[str, Any]]:
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
-    from flows.pipeline import FLOW_NAME
+    from customer_segments.flows.defaults import FLOW_NAME
 
     with get_client(sync_client=True) as client:
         flow_runs = client.read_flow_runs(
@@ -74,44 +86,35 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def quality_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def quality_rows(manifest: Manifest) -> list[dict[str, Any]]:
     """One row per quality gate of the run, in stage order."""
-    rows = []
-    for stage, record in manifest.get("stages", {}).items():
-        for dataset, gate in (record.get("gates") or {}).items():
-            if not gate:
-                continue
-            rows.append({
-                "stage": stage,
-                "dataset": dataset,
-                "success": gate.get("success"),
-                "evaluated": gate.get("evaluated"),
-                "failed_critical": gate.get("failed_critical"),
-                "failed_warning": gate.get("failed_warning"),
-                "warnings": "; ".join(gate.get("warnings", [])),
-                "seconds": gate.get("seconds"),
-            })
-    return rows
+    return [{
+        "stage": stage,
+        "dataset": dataset,
+        "success": gate.get("success"),
+        "evaluated": gate.get("evaluated"),
+        "failed_critical": gate.get("failed_critical"),
+        "failed_warning": gate.get("failed_warning"),
+        "warnings": "; ".join(gate.get("warnings", [])),
+        "seconds": gate.get("seconds"),
+    } for stage, dataset, gate in manifest.gates()]
 
 
-def summary_markdown(manifest: dict[str, Any], profiles: list[dict[str, Any]]) -> str:
-    stages = manifest["stages"]
-    clean = stages.get("clean", {}).get("metrics", {})
-    k = stages.get("select_k", {}).get("metrics", {})
-    run_dir = Path(manifest["run_dir"]).resolve()
+def summary_markdown(manifest: Manifest, profiles: list[dict[str, Any]]) -> str:
+    run_dir = Path(manifest.run_dir).resolve()
     lines = [
-        f"# Segmentation {manifest['as_of']}: run {manifest['run_id']}",
+        f"# Segmentation {manifest.as_of}: run {manifest.run_id}",
         "",
-        f"- **Input**: `{manifest['input']['path']}` (sha256 `{manifest['input']['sha256'][:12]}`, "
-        f"{manifest['input'].get('rows', 0):,} lines)",
-        f"- **Cutoff**: invoices before {manifest['cutoff'][:10]}",
-        f"- **Kept**: {clean.get('rows_clean', 0):,} of {clean.get('rows_in', 0):,} lines",
+        f"- **Input**: `{manifest.input.path}` (sha256 `{manifest.input.sha256[:12]}`, "
+        f"{manifest.input.rows or 0:,} lines)",
+        f"- **Cutoff**: invoices before {manifest.cutoff[:10]}",
+        f"- **Kept**: {manifest.rows_clean or 0:,} of {manifest.metric('clean', 'rows_in', 0):,} lines",
     ]
-    for rule, n in clean.get("rows_dropped", {}).items():
+    for rule, n in manifest.rows_dropped.items():
         lines.append(f"  - dropped {n:,}: {rule.replace('_', ' ')}")
     lines += [
-        f"- **k** = {k.get('k')} (silhouette {k.get('silhouette')}; best silhouette at k = "
-        f"{k.get('best_silhouette_k')}, elbow at k = {k.get('elbow_k')})",
+        f"- **k** = {manifest.k} (silhouette {manifest.silhouette}; best silhouette at k = "
+        f"{manifest.metric('select_k', 'best_silhouette_k')}, elbow at k = {manifest.metric('select_k', 'elbow_k')})",
         "",
         "## Segments",
         "",
@@ -142,15 +145,15 @@ def summary_markdown(manifest: dict[str, Any], profiles: list[dict[str, Any]]) -
     return "\n".join(lines) + "\n"
 
 
-def publish(manifest: dict[str, Any]) -> None:
+def publish(manifest: Manifest) -> None:
     """Attach the run's summary, profiles, quality table and folder link to the Prefect flow run."""
     import pandas as pd
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-    run_dir = Path(manifest["run_dir"])
+    run_dir = Path(manifest.run_dir)
     profiles = pd.read_parquet(run_dir / "segment_profiles.parquet")
     records = profiles.round(4).to_dict(orient="records")
-    description = f"Run {manifest['run_id']} (as-of {manifest['as_of']})"
+    description = f"Run {manifest.run_id} (as-of {manifest.as_of})"
     create_markdown_artifact(summary_markdown(manifest, records), key=SUMMARY_KEY, description=description)
     create_table_artifact(records, key=PROFILES_KEY, description=description)
     create_table_artifact(quality_rows(manifest) or [{"note": "no quality gates ran"}], key=QUALITY_KEY,

@@ -1,4 +1,9 @@
-"""The `segment` command line. Heavy libraries load only inside the command that needs them."""
+"""The `segment` command line. Heavy libraries load only inside the command that needs them.
+
+Commands that talk to Prefect first make sure there is a server to talk to (`_connect`): the
+one PREFECT_API_URL names, or else the local server this package keeps running in the background
+(see flows/server.py). That happens before Prefect is imported, which reads the URL.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from customer_segments.flows import defaults
+from customer_segments.flows.server import server_app
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -20,23 +28,30 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(server_app, name="server")
 
 ArtifactsOption = Annotated[Path, typer.Option("--artifacts", help="Folder holding the run folders.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="End stdout with one JSON line describing the run.")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", help="Show Prefect's run logs and tracebacks.")]
 RefreshOption = Annotated[bool, typer.Option("--refresh", help="Recompute every stage, ignoring cached outputs.")]
 FromStageOption = Annotated[Optional[str], typer.Option(
-    "--from-stage", help="Recompute this stage and all after it: ingest, clean, features, normalize, select_k, cluster, profile, plots.")]
+    "--from-stage", help="Recompute this stage and all after it: ingest, clean, features, normalize, select_k, "
+                         "cluster, profile, plots.")]
+LandingOption = Annotated[Path, typer.Option("--landing", help="File or folder of exports that scheduled runs read.")]
+CronOption = Annotated[str, typer.Option("--cron", help="When to run (cron, in --timezone).")]
+TimezoneOption = Annotated[str, typer.Option("--timezone", help="IANA time zone of the cron schedule.")]
 
 
 @app.command()
 def run(
-    input: Annotated[Path, typer.Option("--input", help="Invoice export: .xlsx, .csv, .parquet or a folder of them.")] = Path("data/incoming"),
+    input: Annotated[Path, typer.Option("--input", help="Invoice export: .xlsx, .csv, .parquet or a folder of them.")] = Path(defaults.INPUT_PATH),
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Month to segment up to (YYYY-MM); invoices before its first day are used. Default: the newest invoice's month.")] = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Number of segments; default: best silhouette.")] = None,
-    k_min: Annotated[int, typer.Option("--k-min", help="Smallest k scored by silhouette.")] = 4,
-    k_max: Annotated[int, typer.Option("--k-max", help="Largest k scored by silhouette.")] = 8,
-    artifacts: ArtifactsOption = Path("artifacts"),
+    k_min: Annotated[int, typer.Option("--k-min", help="Smallest k scored by silhouette.")] = defaults.K_MIN,
+    k_max: Annotated[int, typer.Option("--k-max", help="Largest k scored by silhouette.")] = defaults.K_MAX,
+    encoding: Annotated[Optional[str], typer.Option("--encoding", help="Text encoding of CSV input, e.g. cp1252 (default UTF-8, with or without BOM).")] = None,
+    date_format: Annotated[Optional[str], typer.Option("--date-format", help="strftime format of CSV dates when they are ambiguous, e.g. '%d/%m/%Y %H:%M'.")] = None,
+    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
     refresh: RefreshOption = False,
     from_stage: FromStageOption = None,
     json_out: JsonOption = False,
@@ -46,40 +61,35 @@ def run(
 
     Stages whose inputs, parameters and code are unchanged reuse their verified cached outputs.
     """
-    _start_validator()
-    from flows.pipeline import segmentation
-
-    parameters = dict(input_path=str(input), as_of=as_of, k=k, k_min=k_min, k_max=k_max,
-                      artifacts=str(artifacts), refresh=refresh, from_stage=from_stage)
-    _finish(lambda: segmentation(**parameters), json_out, verbose)
+    parameters = dict(input_path=str(input), as_of=as_of, k=k, k_min=k_min, k_max=k_max, encoding=encoding,
+                      date_format=date_format, artifacts=str(artifacts), refresh=refresh, from_stage=from_stage)
+    _run_flow(parameters, json_out, verbose)
 
 
 @app.command()
 def resume(
     run_id: Annotated[str, typer.Argument(help="Run id, as printed by `segment run` and `segment history`.")],
-    artifacts: ArtifactsOption = Path("artifacts"),
+    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
     refresh: RefreshOption = False,
     from_stage: FromStageOption = None,
     json_out: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Complete a failed or interrupted run in its own folder: finished stages are reused."""
-    _start_validator()
-    from flows.pipeline import segmentation
-
-    _finish(lambda: segmentation(run_id=run_id, artifacts=str(artifacts), refresh=refresh, from_stage=from_stage),
-            json_out, verbose)
+    _run_flow(dict(run_id=run_id, artifacts=str(artifacts), refresh=refresh, from_stage=from_stage), json_out, verbose)
 
 
 @app.command()
 def history(
-    artifacts: ArtifactsOption = Path("artifacts"),
+    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
     prefect: Annotated[bool, typer.Option("--prefect", help="List flow runs from the Prefect API instead of the manifests.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per run instead of a table.")] = False,
     limit: Annotated[int, typer.Option("--limit", help="Most recent runs to list (Prefect API).")] = 50,
 ) -> None:
     """List past runs: month, run id, status, k, customers, input sha256 prefix, duration."""
-    from flows import audit
+    if prefect:
+        _connect()
+    from customer_segments.flows import audit
 
     rows = audit.prefect_history(limit) if prefect else audit.manifest_history(artifacts)
     if json_out:
@@ -91,15 +101,33 @@ def history(
 
 @app.command()
 def serve(
-    cron: Annotated[str, typer.Option("--cron", help="When to run (cron, in --timezone).")] = "0 6 1 * *",
-    timezone: Annotated[str, typer.Option("--timezone", help="IANA time zone of the cron schedule.")] = "UTC",
-    landing: Annotated[Path, typer.Option("--landing", help="File or folder of exports that scheduled runs read.")] = Path("data/incoming"),
-    artifacts: ArtifactsOption = Path("artifacts"),
+    cron: CronOption = defaults.CRON,
+    timezone: TimezoneOption = defaults.TIMEZONE,
+    landing: LandingOption = Path(defaults.INPUT_PATH),
+    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
 ) -> None:
-    """Serve the flow as the deployment "monthly-segmentation" on a cron schedule (runs until stopped)."""
-    from flows.deployment import serve_monthly
+    """Serve the flow as the monthly deployment on a cron schedule (runs until stopped)."""
+    _connect()
+    from customer_segments.flows.deployment import serve_monthly
 
     serve_monthly(cron=cron, timezone=timezone, landing=str(landing), artifacts=str(artifacts))
+
+
+@app.command()
+def deploy(
+    pool: Annotated[str, typer.Option("--pool", help="Work pool whose workers run the scheduled runs.")],
+    cron: CronOption = defaults.CRON,
+    timezone: TimezoneOption = defaults.TIMEZONE,
+    landing: LandingOption = Path(defaults.INPUT_PATH),
+    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+) -> None:
+    """Register the monthly deployment on a work pool (run `prefect worker start --pool POOL` beside it)."""
+    _connect()
+    from customer_segments.flows.deployment import deploy_monthly
+
+    deployment_id = deploy_monthly(pool, cron=cron, timezone=timezone, landing=str(landing), artifacts=str(artifacts))
+    typer.echo(f"Deployment {defaults.FLOW_NAME}/{defaults.DEPLOYMENT_NAME} ({deployment_id}) on work pool {pool!r}: "
+               f"cron {cron!r} ({timezone}), landing {landing.resolve()}, artifacts {artifacts.resolve()}.")
 
 
 @app.command()
@@ -110,18 +138,11 @@ def generate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Write synthetic invoice lines with planted customer segments."""
-    from data.generator import generate as make
+    from customer_segments.data.generator import generate as make
 
     invoices = make(customers=customers, months=months, seed=seed).invoices
     write_table(invoices, out)
     typer.echo(f"Wrote {len(invoices):,} invoice lines of {customers:,} customers to {out}")
-
-
-def _start_validator() -> None:
-    """Before Prefect is even imported: Great Expectations' import then overlaps the start-up."""
-    from tasks import gates
-
-    gates.start_validator()
 
 
 def write_table(df, out: Path) -> None:
@@ -135,6 +156,18 @@ def write_table(df, out: Path) -> None:
         df.to_excel(out, index=False, sheet_name="Online Retail")
     else:
         raise typer.BadParameter(f"unsupported file type {suffix or '(none)'}; use .parquet, .csv or .xlsx", param_hint="--out")
+
+
+def _connect() -> None:
+    """Point Prefect at a server before it is imported; a server that cannot start ends the command."""
+    from customer_segments.flows.server import ensure_api_url
+    from customer_segments.tasks.errors import PipelineError
+
+    try:
+        ensure_api_url(progress=lambda line: typer.echo(line, err=True))
+    except PipelineError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
 
 
 class _ConsoleFilter(logging.Filter):
@@ -152,7 +185,7 @@ class _ConsoleFilter(logging.Filter):
         self.verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from tasks.errors import PipelineError
+        from customer_segments.tasks.errors import PipelineError
 
         if record.exc_info and isinstance(record.exc_info[1], PipelineError):
             return False
@@ -171,11 +204,25 @@ def _quiet_console(verbose: bool) -> None:
             handler.addFilter(_ConsoleFilter(verbose))
 
 
-def _finish(call, json_out: bool, verbose: bool) -> None:
-    """Run a flow call and end the command the same way for run and resume: summary, JSON, exit code."""
-    from tasks.errors import PipelineError
+def _run_flow(parameters: dict, json_out: bool, verbose: bool) -> None:
+    """Run the flow and end the command the same way for run and resume: summary, JSON, exit code."""
+    from customer_segments.tasks.quality import gate
 
-    _quiet_console(verbose)
+    # Before anything else: Great Expectations' import then overlaps the server and Prefect's start-up.
+    gate.start_validator()
+    try:
+        _connect()
+        from customer_segments.flows.pipeline import segmentation
+
+        _quiet_console(verbose)
+        _finish(lambda: segmentation(**parameters), json_out, verbose)
+    finally:
+        gate.stop_validator()
+
+
+def _finish(call, json_out: bool, verbose: bool) -> None:
+    from customer_segments.tasks.errors import PipelineError
+
     try:
         manifest = call()
     except Exception as exc:
@@ -188,54 +235,33 @@ def _finish(call, json_out: bool, verbose: bool) -> None:
             message, code = str(exc), exc.exit_code
         else:
             message, code = f"{type(exc).__name__}: {exc} (rerun with --verbose for the traceback)", 1
-        if manifest and manifest.get("run_dir") and not isinstance(exc, PipelineError):
-            message += f" Run {manifest['run_id']} is kept in {manifest['run_dir']}; after fixing the cause, " \
-                       f"`segment resume {manifest['run_id']}` completes it."
+        if manifest is not None and manifest.run_dir and not isinstance(exc, PipelineError):
+            message += (f" Run {manifest.run_id} is kept in {manifest.run_dir}; after fixing the cause, "
+                        f"`segment resume {manifest.run_id}` completes it.")
         typer.echo(f"Error: {message}", err=True)
-        if json_out and manifest:
-            typer.echo(json.dumps(run_summary(manifest) | {"error": str(exc)}))
+        if json_out and manifest is not None:
+            typer.echo(json.dumps(manifest.summary() | {"error": str(exc)}))
         raise typer.Exit(code) from None
     typer.echo(summary_text(manifest))
     if json_out:
-        typer.echo(json.dumps(run_summary(manifest)))
+        typer.echo(json.dumps(manifest.summary()))
 
 
-def run_summary(manifest: dict) -> dict:
-    stages = manifest.get("stages", {})
-    k_facts = stages.get("select_k", {}).get("metrics", {})
-    return {
-        "run_id": manifest["run_id"],
-        "run_dir": manifest.get("run_dir"),
-        "as_of": manifest.get("as_of"),
-        "status": manifest["status"],
-        "k": k_facts.get("k"),
-        "silhouette": k_facts.get("silhouette"),
-        "customers": stages.get("features", {}).get("metrics", {}).get("customers"),
-        "rows_clean": stages.get("clean", {}).get("metrics", {}).get("rows_clean"),
-        "input_sha256": manifest.get("input", {}).get("sha256"),
-        # A resumed run reports the flow run that completed it.
-        "flow_run_id": (manifest.get("resumed") or [manifest])[-1].get("flow_run_id"),
-    }
-
-
-def summary_text(manifest: dict) -> str:
-    facts = run_summary(manifest)
-    clean = manifest["stages"].get("clean", {}).get("metrics", {})
+def summary_text(manifest) -> str:
     lines = [
-        f"Run {facts['run_id']} {facts['status']}: as-of {facts['as_of']}, "
-        f"{clean.get('rows_clean', 0):,} of {clean.get('rows_in', 0):,} invoice lines kept, "
-        f"{facts['customers']:,} customers, k={facts['k']} (silhouette {facts['silhouette']}).",
+        f"Run {manifest.run_id} {manifest.status}: as-of {manifest.as_of}, "
+        f"{manifest.rows_clean or 0:,} of {manifest.metric('clean', 'rows_in', 0):,} invoice lines kept, "
+        f"{manifest.customers or 0:,} customers, k={manifest.k} (silhouette {manifest.silhouette}).",
     ]
-    for rule, n in clean.get("rows_dropped", {}).items():
+    for rule, n in manifest.rows_dropped.items():
         lines.append(f"  dropped {n:>9,} rows: {rule.replace('_', ' ')}")
-    gated = [(d, g) for r in manifest["stages"].values() for d, g in (r.get("gates") or {}).items() if g]
-    if gated:
-        gates = [g for _, g in gated]
-        warnings = [f"{d}: {w}" for d, g in gated for w in g.get("warnings", [])]
-        lines.append(f"  quality: {sum(g['success'] for g in gates)} of {len(gates)} gates passed, "
-                     f"{sum(g['evaluated'] for g in gates)} expectations, {len(warnings)} warning(s)")
+    gates = manifest.gates()
+    if gates:
+        warnings = manifest.warnings()
+        lines.append(f"  quality: {sum(g['success'] for _, _, g in gates)} of {len(gates)} gates passed, "
+                     f"{sum(g['evaluated'] for _, _, g in gates)} expectations, {len(warnings)} warning(s)")
         lines += [f"    {w}" for w in warnings]
-    profiles = Path(manifest["run_dir"]) / "segment_profiles.parquet"
+    profiles = Path(manifest.run_dir) / "segment_profiles.parquet"
     if profiles.exists():
         import pandas as pd
 
@@ -243,9 +269,10 @@ def summary_text(manifest: dict) -> str:
         for row in table.itertuples():
             lines.append(
                 f"  segment {row.segment}: {row.segment_name:<36} {row.size:>7,} customers ({row.share:.0%}), "
-                f"mean sales {row.mean_TotalSales:,.0f}, orders {row.mean_OrderCount:.1f}, order value {row.mean_AvgOrderValue:,.0f}"
+                f"mean sales {row.mean_TotalSales:,.0f}, orders {row.mean_OrderCount:.1f}, "
+                f"order value {row.mean_AvgOrderValue:,.0f}"
             )
-    lines.append(f"Results: {manifest['run_dir']}")
+    lines.append(f"Results: {manifest.run_dir}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,10 @@
 """The Prefect flow: the segmentation pipeline's table of contents.
 
-Each stage runs as a Prefect task named after it; all the work of a stage (reading, caching,
-validating, writing, recording) is the shared stage runner's, and the maths is in tasks/.
+Each stage runs as a Prefect task named after it. Tasks pass small references to the datasets
+they wrote (path, sha256, rows), never DataFrames, so the run graph shows the data flow and any
+stage can run in another process or on another machine that sees the artifacts folder. All the
+work of a stage (reading, caching, validating, writing) is the shared stage runner's; the maths
+is in tasks/. The flow itself keeps the run's manifest.
 """
 
 from __future__ import annotations
@@ -15,31 +18,30 @@ from typing import Any  # noqa: E402
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import PrefectFuture  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from prefect.states import Completed  # noqa: E402
-from prefect.utilities.annotations import quote  # noqa: E402
 
-from flows import audit  # noqa: E402
-from tasks import gates, runs  # noqa: E402
-from tasks.runner import Run, Stage, run_stage  # noqa: E402
-from tasks.stages import (  # noqa: E402
-    CLEAN, CLUSTER, FEATURES, INGEST, NORMALIZE, PLOTS, PROFILE, SELECT_K, STAGE_NAMES,
+from customer_segments.flows import audit, defaults  # noqa: E402
+from customer_segments.tasks import runs  # noqa: E402
+from customer_segments.tasks.errors import ParameterError, PipelineError  # noqa: E402
+from customer_segments.tasks.manifest import Manifest, RunContext, StageResult  # noqa: E402
+from customer_segments.tasks.quality import gate  # noqa: E402
+from customer_segments.tasks.runner import Stage, run_stage  # noqa: E402
+from customer_segments.tasks.stages import (  # noqa: E402
+    CLEAN, CLUSTER, FEATURES, INGEST, NORMALIZE, PLOTS, PROFILE, SELECT_K, STAGE_NAMES, STAGES,
 )
-
-FLOW_NAME = "customer-segmentation"
-# The as-of value a scheduled deployment passes: the month of the run's scheduled start.
-SCHEDULED = "scheduled"
-DEFAULT_INPUT = "data/incoming"
 
 
 def stage_task(stage: Stage):
-    """The Prefect task for a stage. Its result is the small manifest record, never a DataFrame."""
+    """The Prefect task of a stage: run it, log one line an auditor can read, return the reference."""
 
-    def run(run: Run) -> Any:
-        record = run_stage(stage, run)
-        if record["status"] == "cached":
-            return Completed(name="Cached", message="reused a verified cached output", data=record)
-        return record
+    def run(context: RunContext, upstream: list[StageResult]) -> Any:
+        result = run_stage(stage, context, upstream)
+        get_run_logger().info(audit.stage_line(result, upstream))
+        if result.record.status == "cached":
+            return Completed(name="Cached", message="reused a verified cached output", data=result)
+        return result
 
     run.__name__ = stage.name
     return task(
@@ -51,8 +53,6 @@ def stage_task(stage: Stage):
 
 def retry_transient_only(task, task_run, state) -> bool:
     """Retry I/O hiccups; a data-quality or input error would fail the same way again."""
-    from tasks.errors import PipelineError
-
     try:
         state.result()
     except PipelineError:
@@ -62,94 +62,119 @@ def retry_transient_only(task, task_run, state) -> bool:
     return False
 
 
-ingest, clean, features, normalize, select_k, cluster, profile, plots = map(
-    stage_task, (INGEST, CLEAN, FEATURES, NORMALIZE, SELECT_K, CLUSTER, PROFILE, PLOTS)
-)
+TASKS = {stage.name: stage_task(stage) for stage in STAGES}
+
+
+@task(name="open_run", cache_policy=NO_CACHE, persist_result=False)
+def open_run(context: RunContext, ingested: StageResult) -> RunContext:
+    """Fix the run's month from the data, create its folder, and name the flow run after it."""
+    opened = runs.open_folder(context, ingested.record.metrics.get("last_invoice"))
+    label_flow_run(opened)
+    get_run_logger().info("Run %s: as-of %s (invoices before %s), folder %s", opened.run_id,
+                          opened.params["as_of"], opened.params["cutoff"][:10], opened.run_dir)
+    return opened
+
+
+class Pipeline:
+    """Submits stage tasks in order and records each outcome in the run's manifest."""
+
+    def __init__(self, context: RunContext, ledger: runs.RunLedger):
+        self.context: RunContext | PrefectFuture = context
+        self.ledger = ledger
+
+    def run(self, stage: Stage, *upstream: PrefectFuture) -> PrefectFuture:
+        self.ledger.started(stage.name)
+        future = TASKS[stage.name].submit(self.context, list(upstream))
+        try:
+            self.ledger.finished(future.result())
+        except BaseException as exc:
+            self.ledger.failed(stage.name, exc)
+            raise
+        return future
+
+    def open(self, ingested: PrefectFuture) -> None:
+        self.context = open_run.submit(self.context, ingested)
+        self.ledger.opened(self.context.result())
 
 
 def initial_flow_run_name() -> str:
     """The month is known at start only when given; otherwise the run is renamed after ingest."""
     as_of = flow_run.get_parameters().get("as_of")
-    return f"segmentation-{str(as_of)[:7]}" if as_of else "segmentation-(reading input)"
+    return f"segmentation-{str(as_of)[:7]}" if as_of and as_of != defaults.SCHEDULED else "segmentation-(reading input)"
 
 
-@flow(name=FLOW_NAME, flow_run_name=initial_flow_run_name, persist_result=False, validate_parameters=True)
+@flow(name=defaults.FLOW_NAME, flow_run_name=initial_flow_run_name, persist_result=False, validate_parameters=True)
 def segmentation(
-    input_path: str = DEFAULT_INPUT,
+    input_path: str = defaults.INPUT_PATH,
     as_of: str | None = None,
     k: int | None = None,
-    k_min: int = 4,
-    k_max: int = 8,
-    artifacts: str = "artifacts",
+    k_min: int = defaults.K_MIN,
+    k_max: int = defaults.K_MAX,
+    encoding: str | None = None,
+    date_format: str | None = None,
+    artifacts: str = defaults.ARTIFACTS,
     refresh: bool = False,
     from_stage: str | None = None,
     run_id: str | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Segment customers from invoice lines; returns the run's manifest.
 
     With run_id, the other parameters come from that run's manifest and the run is completed in
     its own folder (resume). A retry of the same flow run does the same.
     """
-    gates.start_validator()  # imports Great Expectations on the other core meanwhile
-    run = prepare_run(input_path, as_of, k, k_min, k_max, artifacts, refresh, from_stage, run_id)
+    gate.start_validator()  # imports Great Expectations on the other core meanwhile
+    context, ledger = prepare_run(input_path, as_of, k, k_min, k_max, encoding, date_format, artifacts,
+                                  refresh, from_stage, run_id)
+    pipeline = Pipeline(context, ledger)
     try:
-        ingest(quote(run))
-        runs.open_folder(run)
-        label_flow_run(run)
-        clean(quote(run))
-        features(quote(run))
-        normalize(quote(run))
-        select_k(quote(run))
-        cluster(quote(run))
-        profile(quote(run))
-        plots(quote(run))
+        raw = pipeline.run(INGEST)
+        pipeline.open(raw)
+        clean = pipeline.run(CLEAN, raw)
+        features = pipeline.run(FEATURES, clean)
+        normalized = pipeline.run(NORMALIZE, features)
+        k_table = pipeline.run(SELECT_K, normalized)
+        labels = pipeline.run(CLUSTER, features, normalized, k_table)
+        pipeline.run(PROFILE, labels, clean)
+        pipeline.run(PLOTS, k_table, labels)
+        manifest = ledger.finish("completed")
     except BaseException as exc:
         # The caller (CLI, tests) gets the run's state along with the error.
-        exc.manifest = runs.finish(run, "failed", error=str(exc))
+        exc.manifest = ledger.finish("failed", error=str(exc))
         raise
-    manifest = runs.finish(run, "completed")
     audit.publish(manifest)
-    get_run_logger().info("Run %s completed: %s", manifest["run_id"], run.run_dir)
+    get_run_logger().info("Run %s completed: %s", manifest.run_id, manifest.run_dir)
     return manifest
 
 
-def label_flow_run(run: Run) -> None:
+def label_flow_run(context: RunContext) -> None:
     """Name the flow run after its month and tag it, so the UI's run list reads as a history."""
     flow_run_id = flow_run.get_id()
     if flow_run_id is None:
         return
     from prefect.client.orchestration import get_client
 
-    tags = sorted({*flow_run.get_tags(), *run_tags(run)})
+    tags = sorted({*flow_run.get_tags(), *run_tags(context)})
     with get_client(sync_client=True) as client:
-        client.update_flow_run(flow_run_id, name=f"segmentation-{run.params['as_of']}", tags=tags)
+        client.update_flow_run(flow_run_id, name=f"segmentation-{context.params['as_of']}", tags=tags)
 
 
-def run_tags(run: Run) -> list[str]:
-    return [f"as-of:{run.params['as_of']}", f"input:{run.params['input_sha256'][:12]}"]
+def run_tags(context: RunContext) -> list[str]:
+    return [f"as-of:{context.params['as_of']}", f"input:{context.params['input_sha256'][:12]}"]
 
 
-def prepare_run(input_path, as_of, k, k_min, k_max, artifacts, refresh, from_stage, run_id) -> Run:
+def prepare_run(input_path, as_of, k, k_min, k_max, encoding, date_format, artifacts, refresh, from_stage,
+                run_id) -> tuple[RunContext, runs.RunLedger]:
     artifacts_dir = Path(artifacts)
     to_refresh = stages_to_refresh(refresh, from_stage)
     earlier = runs.find_run(artifacts_dir, run_id) if run_id else runs.find_flow_run(artifacts_dir, flow_run.get_id())
     if earlier is not None:
         return runs.reopen(earlier, flow_run_id=flow_run.get_id(), refresh=to_refresh)
-    if as_of == SCHEDULED:
+    if as_of == defaults.SCHEDULED:
         as_of = scheduled_month()
-    fingerprint = runs.input_fingerprint(Path(input_path))
-    params = {
-        "input_path": str(input_path),
-        "input_sha256": fingerprint["sha256"],
-        "as_of": as_of,
-        "k": k,
-        "k_min": k_min,
-        "k_max": k_max,
-    }
     runs.parse_month(as_of)
-    return runs.start(
-        artifacts_dir, params, run_id=None, flow_run_id=flow_run.get_id(), refresh=to_refresh,
-    )
+    params = {"input_path": str(input_path), "as_of": as_of, "k": k, "k_min": k_min, "k_max": k_max,
+              "encoding": encoding, "date_format": date_format}
+    return runs.start(artifacts_dir, params, flow_run_id=flow_run.get_id(), refresh=to_refresh)
 
 
 def scheduled_month() -> str:
@@ -161,13 +186,14 @@ def scheduled_month() -> str:
     from prefect.runtime import deployment
 
     deployment_id = deployment.get_id()
-    zone = "UTC"
+    zone = defaults.TIMEZONE
     if deployment_id:
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
             schedules = client.read_deployment(deployment_id).schedules
-        zone = next((getattr(s.schedule, "timezone", None) for s in schedules if getattr(s.schedule, "timezone", None)), "UTC")
+        zone = next((getattr(s.schedule, "timezone", None) for s in schedules
+                     if getattr(s.schedule, "timezone", None)), zone)
     from zoneinfo import ZoneInfo
 
     return start.astimezone(ZoneInfo(zone)).strftime("%Y-%m")
@@ -179,7 +205,5 @@ def stages_to_refresh(refresh: bool, from_stage: str | None) -> frozenset[str]:
     if from_stage is None:
         return frozenset()
     if from_stage not in STAGE_NAMES:
-        from tasks.errors import ParameterError
-
         raise ParameterError(from_stage, f"--from-stage must be one of {', '.join(STAGE_NAMES)}")
     return frozenset(STAGE_NAMES[STAGE_NAMES.index(from_stage):])

@@ -37,3 +37,33 @@ def rows_dropped(raw: pd.DataFrame, cutoff: pd.Timestamp | str) -> dict[str, int
         dropped[rule] = int(hit.sum())
         remaining &= ~mask
     return dropped
+
+
+# How each rule reads in a sentence about the data.
+RULE_WORDS = {
+    "cancelled_or_zero_quantity": "are cancellations, returns or zero quantities",
+    "missing_customer": "have no CustomerID",
+    "on_or_after_cutoff": "are dated on or after the cutoff {cutoff}",
+}
+
+
+def clean_metrics(frames, params) -> dict:
+    """Rows in, rows dropped per rule, rows kept, and the same in words for messages."""
+    raw, clean = frames["raw_invoices"], frames["clean_invoices"]
+    dropped = rows_dropped(raw, params["cutoff"])
+    return {
+        "rows_in": len(raw),
+        "rows_dropped": dropped,
+        "rows_clean": len(clean),
+        "cleaning_summary": cleaning_summary(len(raw), dropped, params["cutoff"]),
+    }
+
+
+def cleaning_summary(rows_in: int, dropped: dict[str, int], cutoff) -> str:
+    """E.g. "of 99,602 lines, 1,204 are cancellations, returns or zero quantities and 98,398 have no CustomerID"."""
+    day = str(pd.Timestamp(cutoff).date())
+    parts = [f"{n:,} {RULE_WORDS[rule].format(cutoff=day)}" for rule, n in dropped.items() if n]
+    if not parts:
+        return f"of {rows_in:,} lines, none was dropped"
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"of {rows_in:,} lines, {listed}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.features import FEATURES
-from tasks.select_k import chosen_k, fit_kmeans
+from customer_segments.tasks.features import FEATURES
+from customer_segments.tasks.select_k import chosen_k, fit_kmeans
 
 NORMALIZED = tuple(f"{f}_norm" for f in FEATURES)
 

@@ -17,3 +17,7 @@ def customer_features(clean: pd.DataFrame) -> pd.DataFrame:
     features["OrderCount"] = features["OrderCount"].astype("int64")
     features["AvgOrderValue"] = features["TotalSales"] / features["OrderCount"]
     return features
+
+
+def feature_metrics(frames, params) -> dict:
+    return {"customers": len(frames["customer_features"])}

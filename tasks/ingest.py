@@ -7,12 +7,11 @@ all-digit ids as numbers (536365, 17850.0), so every id column is normalised to 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from tasks.errors import InputError
+from customer_segments.tasks.errors import InputError
 
 COLUMNS = (
     "InvoiceNo",
@@ -55,42 +54,63 @@ def input_files(path: Path) -> list[Path]:
     return [path]
 
 
-def read_invoices(input_path: Path | str) -> pd.DataFrame:
-    """Read and normalise one export file or a folder of them (concatenated in name order)."""
+def read_invoices(input_path: Path | str, encoding: str | None = None, date_format: str | None = None) -> pd.DataFrame:
+    """Read and normalise one export file or a folder of them (concatenated in name order).
+
+    `encoding` and `date_format` apply to CSV files (see csv_export); other formats carry both.
+    """
     path = Path(input_path)
-    frames = [normalize_invoices(*_read_table(f)) for f in input_files(path)]
+    frames = [normalize_invoices(*_read_table(f, encoding), date_format=date_format) for f in input_files(path)]
     if len(frames) == 1:
         return frames[0]
     return pd.concat(frames, ignore_index=True)
 
 
-def _read_table(path: Path) -> tuple[pd.DataFrame, str]:
+def ingest_metrics(frames, params) -> dict:
+    """Rows read, and the invoice dates' range: the newest one fixes the default as-of month."""
+    dates = frames["raw_invoices"]["InvoiceDate"]
+    first, last = dates.min(), dates.max()
+    return {
+        "rows_raw": len(dates),
+        "first_invoice": None if pd.isna(first) else pd.Timestamp(first).isoformat(),
+        "last_invoice": None if pd.isna(last) else pd.Timestamp(last).isoformat(),
+    }
+
+
+def _read_table(path: Path, encoding: str | None = None) -> tuple[pd.DataFrame, str]:
     """The file's table and how to name where it came from in an error message."""
     if path.stat().st_size == 0:
         raise InputError(path, STAGE, None, "the file is empty (0 bytes)")
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path), str(path)
+            return _read_parquet(path), str(path)
         if suffix == ".csv":
-            # Ids stay text: a CSV reader must not turn "085123" into 85123.
-            return pd.read_csv(path, dtype={c: "str" for c in ID_COLUMNS}, encoding="utf-8"), str(path)
+            from customer_segments.tasks.csv_export import read_csv_export
+
+            return read_csv_export(path, encoding=encoding), str(path)
         return _read_excel(path)
     except InputError:
         raise
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            path, STAGE, None,
-            f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-            "save the export as CSV UTF-8 or as .xlsx",
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise InputError(path, STAGE, None, "the file holds no table (no header row)") from None
     except Exception as exc:  # every reader has its own error types; the user needs one message
         raise InputError(
             path, STAGE, None,
             f"the file cannot be read as {suffix[1:]} ({type(exc).__name__}: {exc})",
         ) from None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """The file's columns as they are, ignoring any pandas index stored with them.
+
+    `df[mask].to_parquet(path)` stores the filtered index as a column `__index_level_0__` and
+    names it in the file's pandas metadata; restoring it would make ingest align the columns on
+    it. Named index levels (e.g. an InvoiceNo index) come back as ordinary columns.
+    """
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    table = table.drop_columns([c for c in table.column_names if c.startswith("__index_level_")])
+    return table.to_pandas(ignore_metadata=True)
 
 
 def _read_excel(path: Path) -> tuple[pd.DataFrame, str]:
@@ -115,14 +135,16 @@ def _read_excel(path: Path) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(rows[1:], columns=header), label
 
 
-def normalize_invoices(df: pd.DataFrame, source: Path | str = "input") -> pd.DataFrame:
+def normalize_invoices(df: pd.DataFrame, source: Path | str = "input", date_format: str | None = None) -> pd.DataFrame:
     """Give the eight invoice columns their canonical types; other columns pass through.
 
     Pure: the raw_invoices quality suite then judges the content (nulls, ranges, extra columns).
+    Columns are matched by name, so their order does not matter.
     """
     if len(df.columns) == 0:
         raise InputError(source, STAGE, None, "the file holds no table (no columns)")
-    df = df.rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
+    # Positions, not index labels: a reader's index (a filtered frame's) must not realign rows.
+    df = df.reset_index(drop=True).rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         found = ", ".join(repr(str(c)) for c in df.columns[:12])
@@ -143,20 +165,21 @@ def normalize_invoices(df: pd.DataFrame, source: Path | str = "input") -> pd.Dat
         elif name == "UnitPrice":
             out[name] = _numbers(col, source, name).astype("float64")
         elif name == "InvoiceDate":
-            out[name] = _timestamps(col, source)
+            out[name] = _timestamps(col, source, date_format)
         else:
             out[name] = col
     return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
 
 
 def _id_strings(col: pd.Series) -> pd.Series:
-    """536365 / 536365.0 / ' 536365 ' -> '536365'; blanks stay missing."""
+    """536365 / 536365.0 / '17850,0' / ' 536365 ' -> '536365'; blanks stay missing."""
     if pd.api.types.is_float_dtype(col) and (col.dropna() % 1 == 0).all():
         # Whole floats (a numeric CustomerID column with blanks): via integers, ten times faster.
         return col.astype("Int64").astype("str")
     text = col.astype("str").str.strip()
-    if text.str.endswith(".0").any():
-        text = text.str.replace(r"\.0+$", "", regex=True)
+    # A float id written out by a spreadsheet: 17850.0, or 17850,0 with a decimal comma.
+    if text.str.endswith((".0", ",0")).any():
+        text = text.str.replace(r"[.,]0+$", "", regex=True)
     return text.mask(text.eq(""))
 
 
@@ -185,23 +208,15 @@ def _whole_numbers(col: pd.Series, source) -> pd.Series:
     return values.astype("Int64" if values.isna().any() else "int64")
 
 
-def _timestamps(col: pd.Series, source) -> pd.Series:
+def _timestamps(col: pd.Series, source, date_format: str | None = None) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(col):
         values = col
+    elif pd.api.types.is_string_dtype(col) or pd.api.types.is_object_dtype(col):
+        from customer_segments.tasks.csv_export import parse_invoice_dates
+
+        values = parse_invoice_dates(col, source, date_format)
     else:
-        try:
-            with warnings.catch_warnings():
-                # Unparseable values are reported below, with samples, as an InputError.
-                warnings.simplefilter("ignore", UserWarning)
-                values = pd.to_datetime(col, errors="coerce")
-        except (ValueError, TypeError, OverflowError):
-            values = pd.to_datetime(col, errors="coerce", format="mixed")
-        bad = values.isna() & col.notna()
-        if bad.any():
-            raise InputError(
-                source, STAGE, "InvoiceDate",
-                f"{int(bad.sum()):,} value(s) are not dates, e.g. {_sample(col[bad])}",
-            )
+        raise InputError(source, STAGE, "InvoiceDate", f"the values are {col.dtype} numbers, not dates, e.g. {_sample(col)}")
     if getattr(values.dt, "tz", None) is not None:
         values = values.dt.tz_localize(None)
     return values.astype("datetime64[ns]")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.features import FEATURES
+from customer_segments.tasks.features import FEATURES
 
 
 def normalize_features(features: pd.DataFrame) -> pd.DataFrame:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.cluster import NORMALIZED
-from tasks.features import FEATURES
+from customer_segments.tasks.cluster import NORMALIZED
+from customer_segments.tasks.features import FEATURES
 
 TOP_N = 10
 

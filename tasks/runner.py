@@ -1,35 +1,40 @@
 """The stage runner: everything a stage needs besides its pure transform, done the same way for all.
 
-For one stage it: reads the input datasets, derives the cache key (inputs' hashes, parameters,
-code version), reuses a complete cached output whose bytes still hash right, or else calls the
-transform, validates every output with its quality suite, writes the files atomically into the
-content-addressed cache, links them into the run folder and records the outcome in the manifest.
+For one stage it: finds its input datasets among the upstream stages' results, derives the cache
+key (inputs' hashes, parameters, code and library versions, quality suites), reuses a complete
+cached output whose bytes still hash right, or else reads the inputs, calls the transform, writes
+each output atomically into the content-addressed cache, validates it with its quality suite,
+and links the files into the run folder. It returns a small `StageResult`; the flow records it
+in the run's manifest.
 
 No Prefect here: flows/ wraps `run_stage` in a task; tests call it directly.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import inspect
 import json
 import os
+import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tasks import gates, storage
-from tasks.errors import PipelineError
+from customer_segments.tasks import code_version, storage
+from customer_segments.tasks.errors import PipelineError, disk_full
+from customer_segments.tasks.manifest import DatasetRef, RunContext, StageRecord, StageResult
+from customer_segments.tasks.quality import gate
 
 # Bump when the runner changes what it writes, so every cached output is recomputed once.
-RUNNER_VERSION = "1"
+RUNNER_VERSION = "2"
 FAULT_SWITCH = "SEGMENT_FAULT"
-PACKAGE = __name__.split(".")[0]
 ENTRY = "entry.json"
 
 
@@ -38,7 +43,8 @@ class Stage:
     """A pipeline step: which datasets it reads and writes, and the pure function in between.
 
     `transform(*input_frames, **params)` returns one DataFrame per output (a tuple when there are
-    several), or for a figure stage a dict of matplotlib Figures by file stem.
+    several), or for a figure stage a dict of matplotlib Figures by file stem. `metrics(frames,
+    params)` returns the facts the manifest records (and later quality gates may refer to).
     """
 
     name: str
@@ -58,195 +64,150 @@ class Stage:
 
     @cached_property
     def code_version(self) -> str:
-        """Hash of the transform's module and the project modules it uses.
+        """Hash of every project module the transform and metrics can reach, and the libraries.
 
-        Editing a stage's code therefore invalidates its cached outputs (and, through the
-        input hashes, those of every later stage).
+        Editing any of them (a constant included) invalidates the stage's cached outputs, and,
+        through the input hashes, those of every later stage.
         """
-        module = inspect.getmodule(self.transform)
-        used = {module.__name__: module}
-        for value in vars(module).values():
-            owner = value if inspect.ismodule(value) else inspect.getmodule(value)
-            if owner is not None and owner.__name__.startswith(f"{PACKAGE}."):
-                used[owner.__name__] = owner
-        digest = hashlib.sha256(RUNNER_VERSION.encode())
-        for name in sorted(used):
-            digest.update(inspect.getsource(used[name]).encode())
-        return digest.hexdigest()[:16]
+        modules = {self.transform.__module__, storage.__name__}
+        if self.metrics is not None:
+            modules.add(self.metrics.__module__)
+        return code_version.fingerprint(sorted(modules), extra=RUNNER_VERSION)
 
 
 class QualityError(PipelineError):
     """A critical expectation failed on a stage's output."""
 
-    def __init__(self, stage: str, dataset: str, message: str, report_path: Path | None):
-        self.stage, self.dataset, self.report_path = stage, dataset, report_path
+    def __init__(self, stage: str, dataset: str, message: str, report_path: Path | None,
+                 record: StageRecord | None = None):
+        self.stage, self.dataset, self.report_path, self.record = stage, dataset, report_path, record
         super().__init__(message)
 
-
-@dataclass
-class Run:
-    """One run's state: where it writes, its parameters and the datasets produced so far."""
-
-    artifacts: Path
-    params: dict[str, Any]
-    manifest: dict[str, Any]
-    run_dir: Path | None = None
-    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    refresh: frozenset[str] = frozenset()
-    # The quality gate: (dataset, frame, parquet bytes, facts) -> GateOutcome or None.
-    validate: Callable[..., Any] | None = gates.check
-    # Frames made or read in this process, by sha256, so the next stage need not re-read them.
-    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.artifacts / "cache"
-
-    @property
-    def facts(self) -> dict[str, Any]:
-        """Run parameters plus every stage's metrics: what the quality suites may refer to."""
-        merged = dict(self.params, run_date=self.manifest.get("started_at"))
-        for record in self.manifest.get("stages", {}).values():
-            merged.update(record.get("metrics") or {})
-        return merged
-
-    def save_manifest(self) -> None:
-        if self.run_dir is not None:
-            storage.write_json(self.run_dir / "manifest.json", self.manifest)
-
-    def record(self, stage: str, **fields: Any) -> None:
-        self.manifest.setdefault("stages", {}).setdefault(stage, {}).update(fields)
-        self.save_manifest()
-
-    def frame(self, dataset: str) -> pd.DataFrame:
-        ref = self.datasets[dataset]
-        cached = self.frames.get(ref["sha256"])
-        if cached is None:
-            cached = storage.read_parquet(self.artifacts / ref["path"])
-            self.frames[ref["sha256"]] = cached
-        return cached
-
-
-def cache_key(stage: Stage, run: Run) -> str:
-    names = stage.params if stage.key_params is None else stage.key_params
-    payload = {
-        "stage": stage.name,
-        "code": stage.code_version,
-        "params": {p: run.params.get(p) for p in names},
-        "inputs": {d: run.datasets[d]["sha256"] for d in stage.inputs},
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def run_stage(stage: Stage, run: Run) -> dict[str, Any]:
-    """Produce (or reuse) the stage's outputs; return the manifest record (small, JSON-able)."""
-    started = time.perf_counter()
-    key = cache_key(stage, run)
-    entry_dir = run.cache_dir / stage.name / key
-    run.record(stage.name, status="running", cache_key=key)
-
-    entry = None if stage.name in run.refresh else _verified_entry(entry_dir)
-    if entry is not None:
-        status = "cached"
-    else:
-        entry = _compute(stage, run, entry_dir)
-        status = "completed"
-
-    outputs = {}
-    for dataset, info in entry["outputs"].items():
-        outputs[dataset] = dict(info, path=_place(stage, run, entry_dir, info))
-        run.datasets[dataset] = outputs[dataset]
-    record = {
-        "status": status,
-        "cache_key": key,
-        "outputs": outputs,
-        "metrics": entry.get("metrics", {}),
-        "gates": entry.get("gates", {}),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    run.record(stage.name, **record)
-    return {"stage": stage.name, **record}
-
-
-def _compute(stage: Stage, run: Run, entry_dir: Path) -> dict[str, Any]:
-    _injected_fault(stage.name, "fail")
-    inputs = {d: run.frame(d) for d in stage.inputs}
-    params = {p: run.params.get(p) for p in stage.params}
-    result = stage.transform(*inputs.values(), **params)
-
-    if stage.figures:
-        files = {f"plots/{stem}.png": _png_bytes(fig) for stem, fig in sorted(result.items())}
-        produced: dict[str, pd.DataFrame] = {}
-        metrics = stage.metrics({**inputs}, params) if stage.metrics else {}
-    else:
-        frames = result if isinstance(result, tuple) else (result,)
-        produced = dict(zip(stage.outputs, frames, strict=True))
-        metrics = stage.metrics({**inputs, **produced}, params) if stage.metrics else {}
-        files = {f"{d}.parquet": storage.parquet_bytes(df) for d, df in produced.items()}
-
-    # Facts of this stage (e.g. the customer count) are visible to its own gates.
-    run.record(stage.name, metrics=metrics)
-    gate_summaries = {}
-    for dataset, df in produced.items():
-        outcome = _gate(stage, run, dataset, df, files[f"{dataset}.parquet"])
-        if outcome is not None:
-            gate_summaries[dataset] = outcome.summary
-            files[f"validation/{dataset}.json"] = outcome.report_bytes()
-
-    outputs = {}
-    for relname, data in files.items():
-        sha = storage.sha256_bytes(data)
-        storage.write_bytes_atomic(entry_dir / relname, data)
-        _injected_fault(stage.name, "hang")
-        name = relname.removesuffix(".parquet")
-        frame = produced.get(name)
-        outputs[name if frame is not None else relname] = {
-            "file": relname,
-            "sha256": sha,
-            "rows": None if frame is None else len(frame),
-            "columns": None if frame is None else [str(c) for c in frame.columns],
-        }
-        if frame is not None:
-            run.frames[sha] = frame
-    entry = {"stage": stage.name, "outputs": outputs, "metrics": metrics, "gates": gate_summaries}
-    # The entry file is written last: its presence is what marks the outputs complete.
-    storage.write_json(entry_dir / ENTRY, entry)
-    return entry
-
-
-def _gate(stage: Stage, run: Run, dataset: str, df: pd.DataFrame, data: bytes):
-    """Validate one output; on a critical failure keep it for inspection, never as complete."""
-    if run.validate is None:
-        return None
-    outcome = run.validate(dataset, df, data, run.facts)
-    if outcome is None or outcome.message is None:
-        return outcome
-    where = run.run_dir if run.run_dir is not None else run.cache_dir / "failed" / run.manifest["run_id"]
-    report_path = where / "validation" / f"{dataset}.json"
-    storage.write_bytes_atomic(report_path, outcome.report_bytes())
-    storage.write_bytes_atomic(where / "failed" / f"{dataset}.parquet", data)
-    message = (
-        f"Stage {stage.name} stopped on input {run.params.get('input_path')}: {outcome.message}. "
-        f"Full report: {report_path}. The failing output is kept in {where / 'failed'} for inspection and "
-        "was not marked complete; earlier runs are untouched."
-    )
-    run.record(stage.name, status="failed", gates={dataset: outcome.summary}, error=message)
-    raise QualityError(stage.name, dataset, message, report_path)
+    def __reduce__(self):
+        return (type(self), (self.stage, self.dataset, str(self), self.report_path, self.record))
 
 
 class InjectedFault(RuntimeError):
     """Raised on purpose by the fault-injection switch, to exercise failure and resume."""
 
 
-def _injected_fault(stage: str, kind: str) -> None:
-    """SEGMENT_FAULT=<stage>:fail raises in that stage; <stage>:hang stops it half-written.
+def cache_key(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef]) -> str:
+    names = stage.params if stage.key_params is None else stage.key_params
+    payload = {
+        "stage": stage.name,
+        "code": stage.code_version,
+        "suites": {d: code_version.suite_digest(d) for d in stage.outputs},
+        "params": {p: context.params.get(p) for p in names},
+        "inputs": {d: inputs[d].sha256 for d in stage.inputs},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
-    Operators use it to rehearse a failed run's retry and resume; the tests use it too.
+
+def run_stage(stage: Stage, context: RunContext, upstream: Sequence[StageResult] = ()) -> StageResult:
+    """Produce (or reuse) the stage's outputs and return its result (small, picklable)."""
+    started = time.perf_counter()
+    inputs = _input_refs(stage, upstream)
+    upstream_metrics = {k: v for result in upstream for k, v in result.facts.items()}
+    key = cache_key(stage, context, inputs)
+    entry_dir = context.cache_dir / stage.name / key
+    try:
+        entry = None if stage.name in context.refresh else _verified_entry(entry_dir)
+        status = "cached"
+        if entry is None:
+            entry = _compute(stage, context, inputs, {**context.facts(), **upstream_metrics}, entry_dir, key)
+            status = "completed"
+        outputs = {name: _place(stage, context, entry_dir, name, info) for name, info in entry["outputs"].items()}
+    except OSError as exc:
+        folder = Path(exc.filename).parent if exc.filename and os.path.isabs(exc.filename) else entry_dir
+        raise disk_full(exc, stage.name, folder, context.run_id, resumable=context.run_dir is not None) from None
+    record = StageRecord(
+        status=status, cache_key=key, outputs=outputs, metrics=entry.get("metrics", {}),
+        gates=entry.get("gates", {}), seconds=round(time.perf_counter() - started, 3),
+    )
+    return StageResult(stage=stage.name, record=record, facts={**upstream_metrics, **record.metrics})
+
+
+def _input_refs(stage: Stage, upstream: Sequence[StageResult]) -> dict[str, DatasetRef]:
+    available = {name: ref for result in upstream for name, ref in result.record.outputs.items()}
+    missing = [d for d in stage.inputs if d not in available]
+    if missing:
+        raise ValueError(f"stage {stage.name} needs {', '.join(missing)}, which no upstream stage produced")
+    return {d: available[d] for d in stage.inputs}
+
+
+def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef], facts: dict[str, Any],
+             entry_dir: Path, key: str) -> dict[str, Any]:
+    _injected_fault(stage.name, "fail")
+    frames = {d: load_frame(ref, context.artifacts_dir) for d, ref in inputs.items()}
+    params = {p: context.params.get(p) for p in stage.params}
+    result = stage.transform(*frames.values(), **params)
+
+    if stage.figures:
+        produced: dict[str, pd.DataFrame] = {}
+        files = {f"plots/{stem}.png": _png_bytes(fig) for stem, fig in sorted(result.items())}
+    else:
+        produced = dict(zip(stage.outputs, result if isinstance(result, tuple) else (result,), strict=True))
+        files = {}
+    metrics = _plain(stage.metrics({**frames, **produced}, params)) if stage.metrics else {}
+    facts = {**facts, **metrics}  # a stage's own facts (the customer count) are visible to its gates
+    _injected_fault(stage.name, "disk-full")
+
+    outputs: dict[str, dict[str, Any]] = {}
+    gates: dict[str, dict[str, Any]] = {}
+    for dataset, frame in produced.items():
+        relname = f"{dataset}.parquet"
+        path = entry_dir / relname
+        storage.write_bytes_atomic(path, storage.parquet_bytes(frame))
+        _injected_fault(stage.name, "hang")
+        outcome = gate.check(dataset, path, facts, frame=frame)
+        if not outcome.passed:
+            _reject(stage, context, dataset, path, outcome, metrics, key)
+        gates[dataset] = outcome.summary
+        files[f"validation/{dataset}.json"] = outcome.report
+        sha = storage.sha256_file(path)
+        outputs[dataset] = {"file": relname, "sha256": sha, "rows": len(frame), "columns": [str(c) for c in frame.columns]}
+        remember_frame(sha, frame)
+    for relname, data in files.items():
+        storage.write_bytes_atomic(entry_dir / relname, data)
+        outputs[relname] = {"file": relname, "sha256": storage.sha256_bytes(data), "rows": None, "columns": None}
+    entry = {"stage": stage.name, "outputs": outputs, "metrics": metrics, "gates": gates}
+    # The entry file is written last: its presence is what marks the outputs complete.
+    storage.write_json(entry_dir / ENTRY, entry)
+    return entry
+
+
+def _reject(stage: Stage, context: RunContext, dataset: str, path: Path, outcome: gate.GateOutcome,
+            metrics: dict[str, Any], key: str) -> None:
+    """A critical expectation failed: keep the output for inspection, never as complete."""
+    where = context.folder or context.cache_dir / "failed" / context.run_id
+    report_path = where / "validation" / f"{dataset}.json"
+    storage.write_bytes_atomic(report_path, outcome.report)
+    failed = where / "failed" / f"{dataset}.parquet"
+    failed.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, failed)
+    message = (
+        f"Stage {stage.name} stopped on input {context.params.get('input_path')}: {outcome.message}. "
+        f"Full report: {report_path}. The rejected output is kept in {failed.parent} for inspection and "
+        "was not marked complete; earlier runs are untouched."
+    )
+    record = StageRecord(status="failed", cache_key=key, metrics=metrics, gates={dataset: outcome.summary},
+                         error=message)
+    raise QualityError(stage.name, dataset, message, report_path, record)
+
+
+def _injected_fault(stage: str, kind: str) -> None:
+    """SEGMENT_FAULT=<stage>:<kind> rehearses a failure in that stage.
+
+    fail: the stage raises; hang: it stops after its first output file is written (for a kill);
+    disk-full: writing its outputs fails as on a full disk. Operators use it to rehearse a failed
+    run's retry and resume; the tests use it too.
     """
     if os.environ.get(FAULT_SWITCH, "") != f"{stage}:{kind}":
         return
     if kind == "fail":
         raise InjectedFault(f"stage {stage} failed on purpose ({FAULT_SWITCH}={stage}:fail)")
+    if kind == "disk-full":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"({FAULT_SWITCH}={stage}:disk-full)")
     while True:  # until killed: the stage's first output file is written, the entry is not
         time.sleep(1)
 
@@ -263,28 +224,56 @@ def _verified_entry(entry_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _place(stage: Stage, run: Run, entry_dir: Path, info: dict[str, Any]) -> str:
-    """Where the output is read from, relative to the artifacts folder; links it into the run folder.
+def _place(stage: Stage, context: RunContext, entry_dir: Path, name: str, info: dict[str, Any]) -> DatasetRef:
+    """The output's reference; links it into the run folder when there is one.
 
-    Shared datasets (the parsed input) stay in the cache; their quality reports are linked into
-    the run folder once it exists (see `link_shared_reports`).
+    Shared tables (the parsed input) stay in the cache; their reports are linked into the run
+    folder once it exists (see `link_into_run`).
     """
     source = entry_dir / info["file"]
-    if run.run_dir is None or (stage.shared and info["rows"] is not None):
-        return source.relative_to(run.artifacts).as_posix()
-    target = run.run_dir / info["file"]
-    storage.link_or_copy(source, target)
-    return target.relative_to(run.artifacts).as_posix()
+    target = source
+    if context.folder is not None and not (stage.shared and info["rows"] is not None):
+        target = context.folder / info["file"]
+        storage.link_or_copy(source, target)
+    return DatasetRef(name=name, file=info["file"], path=target.relative_to(context.artifacts_dir).as_posix(),
+                      sha256=info["sha256"], rows=info["rows"], columns=info["columns"])
 
 
-def link_shared_reports(run: Run) -> None:
-    """Give a newly opened run folder the reports of the stages that ran before it existed."""
-    for record in run.manifest.get("stages", {}).values():
-        for info in record.get("outputs", {}).values():
-            if info["rows"] is None and not (run.run_dir / info["file"]).exists():
-                source = run.artifacts / info["path"]
-                storage.link_or_copy(source, run.run_dir / info["file"])
-                info["path"] = (run.run_dir / info["file"]).relative_to(run.artifacts).as_posix()
+def link_into_run(ref: DatasetRef, context: RunContext) -> DatasetRef:
+    """A reference to the same file inside the run folder (for outputs made before it existed)."""
+    target = context.folder / ref.file
+    if not target.exists():
+        storage.link_or_copy(ref.resolve(context.artifacts_dir), target)
+    return ref.model_copy(update={"path": target.relative_to(context.artifacts_dir).as_posix()})
+
+
+# --- frames made or read in this process, by sha256, so the next stage need not re-read them ---
+
+_FRAMES: OrderedDict[str, pd.DataFrame] = OrderedDict()
+_FRAMES_LOCK = threading.Lock()
+FRAMES_KEPT = 4
+
+
+def remember_frame(sha256: str, frame: pd.DataFrame) -> None:
+    with _FRAMES_LOCK:
+        _FRAMES[sha256] = frame
+        _FRAMES.move_to_end(sha256)
+        while len(_FRAMES) > FRAMES_KEPT:
+            _FRAMES.popitem(last=False)
+
+
+def load_frame(ref: DatasetRef, artifacts: Path) -> pd.DataFrame:
+    with _FRAMES_LOCK:
+        frame = _FRAMES.get(ref.sha256)
+    if frame is None:
+        frame = storage.read_parquet(ref.resolve(artifacts))
+        remember_frame(ref.sha256, frame)
+    return frame
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as plain JSON values (numpy scalars and timestamps would not survive a round trip)."""
+    return json.loads(json.dumps(metrics, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
 def _png_bytes(figure) -> bytes:

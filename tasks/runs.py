@@ -1,7 +1,9 @@
 """Run folders and their manifests: artifacts/<as-of YYYY-MM>/<run_id>/ and the month's `latest`.
 
 A run folder is created once the as-of month is known (after ingest), filled stage by stage and
-never touched by another run. `latest` moves only when a run completes.
+never touched by another run. `latest` moves only when a run completes. The `RunLedger` keeps a
+run's manifest: the flow hands it each stage's result as it comes, and it rewrites
+manifest.json atomically every time.
 """
 
 from __future__ import annotations
@@ -15,20 +17,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from tasks import gates, storage
-from tasks.errors import ParameterError
-from tasks.ingest import input_files
-from tasks.runner import Run, link_shared_reports
+from customer_segments.tasks import storage
+from customer_segments.tasks.errors import DiskFullError, ParameterError, PipelineError, disk_full
+from customer_segments.tasks.ingest import input_files
+from customer_segments.tasks.manifest import InputInfo, Manifest, RunContext, StageRecord, StageResult
+from customer_segments.tasks.quality import gate
+from customer_segments.tasks.runner import QualityError, link_into_run
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
 PACKAGES = ("customer-segments", "prefect", "great-expectations", "pandas", "pyarrow", "numpy",
             "scikit-learn", "matplotlib", "kneed", "python-calamine")
+# Parameters a run is defined by (besides its input); resume restores them from the manifest.
+RUN_PARAMETERS = ("as_of", "k", "k_min", "k_max", "encoding", "date_format")
 
 
-def input_fingerprint(path: Path) -> dict[str, Any]:
+def input_fingerprint(path: Path) -> InputInfo:
     """sha256 of the input: of the file, or of a folder's (name, sha256) list."""
     files = input_files(path)
     if path.is_dir():
@@ -36,10 +40,12 @@ def input_fingerprint(path: Path) -> dict[str, Any]:
         sha = storage.sha256_bytes(lines.encode())
     else:
         sha = storage.sha256_file(path)
-    return {"path": str(path), "sha256": sha, "files": [f.name for f in files]}
+    return InputInfo(path=str(path), sha256=sha, files=[f.name for f in files])
 
 
-def parse_month(value: str | None, option: str = "--as-of") -> pd.Period | None:
+def parse_month(value: str | None, option: str = "--as-of"):
+    import pandas as pd
+
     if value in (None, ""):
         return None
     try:
@@ -55,48 +61,161 @@ def new_run_id(flow_run_id: str | None, now: datetime | None = None) -> str:
     return f"{stamp}-{suffix}"
 
 
-def start(artifacts: Path, params: dict[str, Any], *, run_id: str | None, flow_run_id: str | None,
-          refresh: frozenset[str] = frozenset()) -> Run:
-    """A run that has not yet a folder: ingest comes first, the folder needs the as-of month."""
-    manifest = {
-        "run_id": run_id or new_run_id(flow_run_id),
-        "flow_run_id": flow_run_id,
-        "status": "running",
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "finished_at": None,
-        "parameters": {k: params[k] for k in ("as_of", "k", "k_min", "k_max")},
-        "input": {"path": params["input_path"], "sha256": params["input_sha256"]},
-        "environment": environment(),
-        "stages": {},
-    }
-    return Run(artifacts=artifacts, params=params, manifest=manifest, refresh=refresh)
+class RunLedger:
+    """The manifest of one run, kept by the flow and written after every change."""
+
+    def __init__(self, manifest: Manifest, artifacts: Path):
+        self.manifest = manifest
+        self.artifacts = artifacts
+
+    @property
+    def folder(self) -> Path | None:
+        return self.manifest.folder
+
+    def save(self, stage: str = "manifest") -> None:
+        if self.folder is None:
+            return
+        try:
+            storage.write_json(self.folder / MANIFEST, self.manifest.to_json())
+        except OSError as exc:
+            raise disk_full(exc, stage, self.folder, self.manifest.run_id) from None
+
+    def started(self, stage: str) -> None:
+        previous = self.manifest.stages.get(stage)
+        self.manifest.stages[stage] = StageRecord(status="running", metrics=previous.metrics if previous else {})
+        self.save(stage)
+
+    def finished(self, result: StageResult) -> None:
+        self.manifest.stages[result.stage] = result.record
+        self.save(result.stage)
+
+    def failed(self, stage: str, exc: BaseException) -> None:
+        """Record the stage that raised.
+
+        A verdict on the data (a quality gate, an unreadable input, a bad parameter) marks the
+        stage failed. Anything else (a crash, a kill, a full disk) leaves it "running", never
+        marked complete, with the error beside it; a resume starts again from it.
+        """
+        current = self.manifest.stages.get(stage) or StageRecord(status="running")
+        if isinstance(exc, QualityError) and exc.record is not None:
+            record = exc.record
+        elif isinstance(exc, PipelineError) and not isinstance(exc, DiskFullError):
+            record = StageRecord(status="failed", metrics=current.metrics, error=str(exc))
+        else:
+            record = current.model_copy(update={"error": str(exc)})
+        self.manifest.stages[stage] = record
+        self.save(stage)
+
+    def opened(self, context: RunContext) -> None:
+        """The run folder exists: record the month, and link in reports made before it."""
+        m = self.manifest
+        m.as_of, m.cutoff, m.run_dir = context.params["as_of"], context.params["cutoff"], context.run_dir
+        m.parameters["as_of"] = m.as_of
+        ingest = m.stages.get("ingest")
+        if ingest is not None:
+            m.input.rows = ingest.metrics.get("rows_raw")
+            ingest.outputs = {name: (ref if ref.is_table else link_into_run(ref, context))
+                              for name, ref in ingest.outputs.items()}
+        self.save()
+
+    def finish(self, status: str, error: str | None = None) -> Manifest:
+        """Close the run: Data Docs of its quality reports, final manifest, and `latest` on success.
+
+        On a failed run every step is best effort: the disk may be full, and the error that
+        ended the run is what the user needs to see.
+        """
+        m = self.manifest
+        try:
+            if self.folder is not None:
+                docs = gate.build_docs(self.folder / "validation", self.artifacts / "cache")
+                m.data_docs = None if docs is None else docs.relative_to(self.folder).as_posix()
+        except OSError as exc:
+            if status == "completed":
+                raise disk_full(exc, "data docs", self.folder / "validation", m.run_id) from None
+        except Exception:
+            if status == "completed":
+                raise
+        m.status = status
+        now = datetime.now(UTC)
+        m.finished_at = now.isoformat(timespec="seconds")
+        m.seconds = round((now - datetime.fromisoformat(m.started_at)).total_seconds(), 1)
+        if error:
+            m.error = error
+        try:
+            self.save()
+        except DiskFullError:
+            if status == "completed":
+                raise
+            # The run already failed; manifest.json keeps its last state ("running"), which a
+            # resume completes once space is freed.
+        if status == "completed" and self.folder is not None:
+            point_latest(self.folder)
+        return m
 
 
-def reopen(run_dir: Path, *, flow_run_id: str | None, refresh: frozenset[str] = frozenset()) -> Run:
+def start(artifacts: Path, params: dict[str, Any], *, flow_run_id: str | None,
+          refresh: frozenset[str] = frozenset()) -> tuple[RunContext, RunLedger]:
+    """A new run. It has no folder yet: ingest comes first, and the folder needs the as-of month."""
+    info = input_fingerprint(Path(params["input_path"]))
+    params = dict(params, input_sha256=info.sha256)
+    manifest = Manifest(
+        run_id=new_run_id(flow_run_id),
+        flow_run_id=flow_run_id,
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        parameters={k: params.get(k) for k in RUN_PARAMETERS},
+        input=info,
+        environment=environment(),
+    )
+    context = RunContext(artifacts=str(artifacts.resolve()), run_id=manifest.run_id,
+                         started_at=manifest.started_at, params=params, refresh=refresh)
+    return context, RunLedger(manifest, artifacts)
+
+
+def reopen(run_dir: Path, *, flow_run_id: str | None,
+           refresh: frozenset[str] = frozenset()) -> tuple[RunContext, RunLedger]:
     """Continue a run in its own folder (resume, or Prefect's retry of the same flow run).
 
     Stages whose cached outputs are intact are reused, so only the failed stage and those after
     it are computed. The input must be unchanged, or the folder would mix two inputs.
     """
-    manifest = storage.read_json(run_dir / MANIFEST)
-    recorded = manifest["input"]
-    current = input_fingerprint(Path(recorded["path"]))
-    if current["sha256"] != recorded["sha256"]:
+    manifest = Manifest.model_validate(storage.read_json(run_dir / MANIFEST))
+    recorded = manifest.input
+    current = input_fingerprint(Path(recorded.path))
+    if current.sha256 != recorded.sha256:
         raise ParameterError(
             "resume",
-            f"the input {recorded['path']} changed since run {manifest['run_id']} started "
-            f"(sha256 {recorded['sha256'][:12]} then, {current['sha256'][:12]} now); start a new run instead",
+            f"the input {recorded.path} changed since run {manifest.run_id} started "
+            f"(sha256 {recorded.sha256[:12]} then, {current.sha256[:12]} now); start a new run instead",
         )
-    params = dict(manifest["parameters"], input_path=recorded["path"], input_sha256=recorded["sha256"],
-                  cutoff=manifest["cutoff"])
-    manifest.update(status="running", finished_at=None)
-    manifest.pop("error", None)
-    manifest.setdefault("resumed", []).append(
-        {"flow_run_id": flow_run_id, "at": datetime.now(UTC).isoformat(timespec="seconds")}
-    )
-    run = Run(artifacts=run_dir.parent.parent, params=params, manifest=manifest, run_dir=run_dir, refresh=refresh)
-    run.save_manifest()
-    return run
+    params = dict(manifest.parameters, input_path=recorded.path, input_sha256=recorded.sha256,
+                  cutoff=manifest.cutoff)
+    manifest.status, manifest.finished_at, manifest.error = "running", None, None
+    manifest.resumed.append({"flow_run_id": flow_run_id, "at": datetime.now(UTC).isoformat(timespec="seconds")})
+    artifacts = run_dir.parent.parent
+    context = RunContext(artifacts=str(artifacts.resolve()), run_id=manifest.run_id, started_at=manifest.started_at,
+                         params=params, run_dir=str(run_dir.resolve()), refresh=refresh)
+    manifest.run_dir = context.run_dir
+    ledger = RunLedger(manifest, artifacts)
+    ledger.save()
+    return context, ledger
+
+
+def open_folder(context: RunContext, newest_invoice: str | None) -> RunContext:
+    """Fix the as-of month and cutoff (from the newest invoice when not given); create the folder."""
+    if context.run_dir is not None:  # a resumed run has its folder and month already
+        return context
+    requested = parse_month(context.params.get("as_of"))
+    if requested is None:
+        if newest_invoice is None:
+            raise ParameterError("ingest", "the input has no invoice dates, so no as-of month can be derived")
+        import pandas as pd
+
+        requested = pd.Timestamp(newest_invoice).to_period("M")
+    as_of = str(requested)
+    run_dir = context.artifacts_dir / as_of / context.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = dict(context.params, as_of=as_of, cutoff=requested.start_time.isoformat())
+    return context.model_copy(update={"params": params, "run_dir": str(run_dir)})
 
 
 def find_flow_run(artifacts: Path, flow_run_id: str | None) -> Path | None:
@@ -111,53 +230,6 @@ def find_flow_run(artifacts: Path, flow_run_id: str | None) -> Path | None:
         except (OSError, ValueError):
             continue
     return None
-
-
-def open_folder(run: Run) -> Path:
-    """Fix the as-of month and cutoff from the data when not given, and create the run folder."""
-    if run.run_dir is not None:  # a resumed run has its folder and month already
-        return run.run_dir
-    requested = parse_month(run.params.get("as_of"))
-    if requested is None:
-        newest = run.frame("raw_invoices")["InvoiceDate"].max()
-        if pd.isna(newest):
-            raise ParameterError("ingest", "the input has no invoice dates, so no as-of month can be derived")
-        requested = pd.Timestamp(newest).to_period("M")
-    as_of = str(requested)
-    cutoff = requested.start_time.isoformat()
-    run.params.update(as_of=as_of, cutoff=cutoff)
-    run.manifest["parameters"]["as_of"] = as_of
-    run.manifest["as_of"] = as_of
-    run.manifest["cutoff"] = cutoff
-    run.manifest["input"]["rows"] = run.manifest["stages"]["ingest"]["outputs"]["raw_invoices"]["rows"]
-    run.run_dir = run.artifacts / as_of / run.manifest["run_id"]
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    run.manifest["run_dir"] = str(run.run_dir)
-    link_shared_reports(run)
-    run.save_manifest()
-    return run.run_dir
-
-
-def finish(run: Run, status: str, error: str | None = None) -> dict[str, Any]:
-    """Close the run: Data Docs of its quality reports, final manifest, and `latest` on success."""
-    if run.run_dir is not None:
-        try:
-            docs = gates.build_docs(run.run_dir / "validation", run.cache_dir)
-        except Exception:
-            if status == "completed":
-                raise
-            docs = None  # the run already failed; its reports are still there as JSON
-        run.manifest["data_docs"] = None if docs is None else docs.relative_to(run.run_dir).as_posix()
-    run.manifest["status"] = status
-    run.manifest["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    started = datetime.fromisoformat(run.manifest["started_at"])
-    run.manifest["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
-    if error:
-        run.manifest["error"] = error
-    run.save_manifest()
-    if status == "completed" and run.run_dir is not None:
-        point_latest(run.run_dir)
-    return run.manifest
 
 
 def point_latest(run_dir: Path) -> None:
@@ -175,17 +247,19 @@ def find_run(artifacts: Path, run_id: str) -> Path:
     return matches[0]
 
 
-def manifests(artifacts: Path) -> list[dict[str, Any]]:
+def manifests(artifacts: Path) -> list[Manifest]:
     """Every run's manifest under the artifacts folder, oldest first."""
     found = []
     for path in sorted(artifacts.glob(f"*/*/{MANIFEST}")):
         if path.parent.name == LATEST or path.parent.is_symlink():
             continue
         try:
-            found.append(storage.read_json(path) | {"run_dir": str(path.parent)})
+            manifest = Manifest.model_validate(storage.read_json(path))
         except (OSError, ValueError):
             continue
-    return sorted(found, key=lambda m: m.get("run_id", ""))
+        manifest.run_dir = str(path.parent)
+        found.append(manifest)
+    return sorted(found, key=lambda m: m.run_id)
 
 
 def environment() -> dict[str, Any]:
@@ -195,19 +269,13 @@ def environment() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {
-        "python": platform.python_version(),
-        "packages": versions,
-        "git_commit": _git_commit(),
-    }
+    return {"python": platform.python_version(), "packages": versions, "git_commit": _git_commit()}
 
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=5,
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

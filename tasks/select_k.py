@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.errors import ParameterError
-from tasks.features import FEATURES
+from customer_segments.tasks.defaults import K_MAX, K_MIN
+from customer_segments.tasks.errors import ParameterError
+from customer_segments.tasks.features import FEATURES
 
 RANDOM_STATE = 42
 N_INIT = 10
@@ -45,7 +46,7 @@ def silhouettes(points: np.ndarray, labels_by_k: dict[int, np.ndarray]) -> dict[
 
 
 def k_selection(
-    normalized: pd.DataFrame, k_min: int = 4, k_max: int = 8, k: int | None = None
+    normalized: pd.DataFrame, k_min: int = K_MIN, k_max: int = K_MAX, k: int | None = None
 ) -> pd.DataFrame:
     """One row per k tried: sse, silhouette (k_min..k_max only), and which k is chosen / the elbow."""
     if not 2 <= k_min <= k_max:
@@ -91,3 +92,16 @@ def elbow_k(table: pd.DataFrame) -> int | None:
 
 def chosen_k(table: pd.DataFrame) -> int:
     return int(table.loc[table["chosen"], "k"].iloc[0])
+
+
+def k_metrics(frames, params) -> dict:
+    """The chosen k and what the two methods said, for the manifest and the run summary."""
+    table = frames["k_selection"]
+    chosen = table[table["chosen"]].iloc[0]
+    elbow = table.loc[table["elbow"], "k"]
+    return {
+        "k": chosen_k(table),
+        "silhouette": None if pd.isna(chosen["silhouette"]) else round(float(chosen["silhouette"]), 6),
+        "best_silhouette_k": int(table.loc[table["best_silhouette"], "k"].iloc[0]),
+        "elbow_k": int(elbow.iloc[0]) if len(elbow) else None,
+    }

@@ -3,43 +3,24 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from flows.server import LocalPrefectServer
+from support import REAL_PARQUET, REAL_XLSX, SAMPLE, real
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-REAL_PARQUET = SHARED_DATA / "online_retail.parquet"
-REAL_XLSX = SHARED_DATA / "Online Retail.xlsx"
-SAMPLE = REPO / "data" / "sample" / "online_retail_sample.parquet"
-BIN = Path(sys.executable).parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _real(path: Path) -> Path:
-    if path.exists():
-        return path
-    if IN_CI:
-        pytest.fail(f"{path} is missing; CI always has ../shared/data beside the clone")
-    pytest.skip(f"{path} is absent outside CI (../shared/data is not beside this clone); CI runs this test")
-
 
 @pytest.fixture(scope="session")
 def real_parquet() -> Path:
-    return _real(REAL_PARQUET)
+    return real(REAL_PARQUET)
 
 
 @pytest.fixture(scope="session")
 def real_xlsx() -> Path:
-    return _real(REAL_XLSX)
+    return real(REAL_XLSX)
 
 
 @pytest.fixture(scope="session")
@@ -49,23 +30,23 @@ def sample() -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
-    """One real server for the session; flows in this process and CLI subprocesses report to it."""
+    """One real server for the session: the product's own local server, in a folder of the tests'.
+
+    Flows in this process and CLI subprocesses report to it through PREFECT_API_URL.
+    """
+    from customer_segments.flows.server import LocalServer
+
+    server = LocalServer(tmp_path_factory.mktemp("prefect-server"))
+    api_url = server.ensure()
+    status = server.status()
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api_url
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    server = LocalPrefectServer(tmp_path_factory.mktemp("prefect-home")).start()
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
-    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-        yield server
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        yield status
     if previous is None:
         os.environ.pop("PREFECT_API_URL", None)
     else:
         os.environ["PREFECT_API_URL"] = previous
     server.stop()
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "segment"), *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, cwd=REPO,
-    )

@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SAMPLE, run_cli
-from tasks.errors import PipelineError
-from tasks.runner import QualityError, Run, run_stage
-from tasks.stages import CLEAN, FEATURES, INGEST, NORMALIZE
-from test_flow import run_flow, snapshot
+from support import SAMPLE, run_cli, run_flow, snapshot
+
+from customer_segments.tasks.errors import PipelineError
+from customer_segments.tasks.manifest import RunContext
+from customer_segments.tasks.runner import QualityError, run_stage
+from customer_segments.tasks.stages import CLEAN, FEATURES, INGEST, NORMALIZE
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def good_run(prefect_server, tmp_path_factory):
     """A completed run that every bad run below must leave untouched."""
     artifacts = tmp_path_factory.mktemp("artifacts")
     manifest = run_flow(SAMPLE, artifacts)
-    return artifacts, Path(manifest["run_dir"]), snapshot(Path(manifest["run_dir"]))
+    return artifacts, Path(manifest.run_dir), snapshot(Path(manifest.run_dir))
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
@@ -84,7 +85,8 @@ CASES = {
                        ["x.csv", "CustomerID", "'Customer ID'"]),
     "empty file": (lambda b, d: write_bytes(d / "x.csv", b""), ["x.csv", "empty"]),
     "header only": (lambda b, d: write_csv(b.head(0), d / "x.csv"),
-                    ["ingest", "raw_invoices", "expect_table_row_count_to_be_between", "observed 0"]),
+                    ["x.csv", "ingest", "raw_invoices", "the file has a header but no invoice lines",
+                     "expect_table_row_count_to_be_between, observed 0"]),
     "xlsx without the expected sheet, several sheets": (
         lambda b, d: xlsx(d / "x.xlsx", {"Notes": pd.DataFrame({"note": ["exported by hand"]}), "Data": b.head(50)}),
         ["x.xlsx", "sheet 'Notes'", "'Notes', 'Data'", "no sheet named 'Online Retail'", "InvoiceNo"]),
@@ -93,8 +95,8 @@ CASES = {
     "not a table": (lambda b, d: write_bytes(d / "x.parquet", b"\x89PNG\r\n\x1a\n" + bytes(200)),
                     ["x.parquet", "cannot be read as parquet"]),
     "wrong encoding": (lambda b, d: write_bytes(
-        d / "x.csv", b.head(20).assign(Description="CAF\u00c9 MUG").to_csv(index=False).encode("latin-1")),
-        ["x.csv", "not UTF-8"]),
+        d / "x.csv", b.head(20).assign(Description="CAF\u00c9 MUG").to_csv(index=False).encode("cp1252")),
+        ["x.csv", "--encoding cp1252"]),
     "non-numeric Quantity": (lambda b, d: write_csv(b.astype({"Quantity": "object"}).assign(
         Quantity=lambda f: f["Quantity"].where(f.index % 7 != 0, "six")), d / "x.csv"),
         ["x.csv", "column Quantity", "not numbers", "'six'"]),
@@ -102,13 +104,17 @@ CASES = {
         InvoiceDate=lambda f: f["InvoiceDate"].where(f.index % 9 != 0, "31/31/2011 25:00")), d / "x.csv"),
         ["x.csv", "column InvoiceDate", "not dates", "'31/31/2011 25:00'"]),
     "every row cancelled": (lambda b, d: write_csv(b.assign(Quantity=-b["Quantity"].abs(), InvoiceNo="C" + b["InvoiceNo"].str.lstrip("C")), d / "x.csv"),
-                            ["clean", "clean_invoices", "expect_table_row_count_to_be_between", "observed 0"]),
+                            ["x.csv", "clean", "clean_invoices", "no invoice lines remain after cleaning: of ",
+                             "are cancellations, returns or zero quantities", "expect_table_row_count_to_be_between"]),
     "every CustomerID blank": (lambda b, d: write_csv(b.assign(CustomerID=np.nan), d / "x.csv"),
-                               ["clean", "clean_invoices", "observed 0"]),
+                               ["clean", "clean_invoices", "no invoice lines remain after cleaning: of ",
+                                "have no CustomerID", "observed 0"]),
     "fewer customers than k": (lambda b, d: write_csv(few_customers(b), d / "x.csv"),
-                               ["features", "customer_features", "expect_table_row_count_to_be_between", "observed 6"]),
+                               ["features", "customer_features", "only 6 customers remain after cleaning",
+                                "fewer than the 8 segments", "expect_table_row_count_to_be_between"]),
     "negative UnitPrice in bulk": (lambda b, d: write_csv(bulk_negative_prices(b), d / "x.csv"),
-                                   ["ingest", "raw_invoices", "column UnitPrice", "expect_column_values_to_be_between"]),
+                                   ["ingest", "raw_invoices", "column UnitPrice", "Prices are not negative",
+                                    "expect_column_values_to_be_between"]),
     "dates in the future": (lambda b, d: write_csv(future(b), d / "x.csv"),
                             ["ingest", "raw_invoices", "column InvoiceDate", "20 of"]),
     "folder without exports": (lambda b, d: folder_without_exports(d),
@@ -180,21 +186,25 @@ def stage_with(stage, corrupt):
      ["normalize", "normalized_features", "column OrderCount", "expect_column_values_to_not_be_null"]),
 ], ids=["duplicated customers after features", "NaN in normalized features"])
 def test_injected_corruption_stops_at_the_next_gate(stage, words, tmp_path):
-    run = Run(artifacts=tmp_path, manifest={"run_id": "r", "started_at": "2026-01-01T00:00:00+00:00"},
-              params={"input_path": str(SAMPLE), "input_sha256": "s", "cutoff": "2011-12-01T00:00:00",
-                      "k_min": 4, "k_max": 8, "k": None})
-    run.run_dir = tmp_path / "2011-12" / "r"
+    """The stage runner on its own (no Prefect): each stage takes the previous one's result."""
+    run_dir = tmp_path / "2011-12" / "r"
+    run_dir.mkdir(parents=True)
+    context = RunContext(artifacts=str(tmp_path), run_id="r", started_at="2026-01-01T00:00:00+00:00",
+                         run_dir=str(run_dir),
+                         params={"input_path": str(SAMPLE), "input_sha256": "s", "cutoff": "2011-12-01T00:00:00",
+                                 "k_min": 4, "k_max": 8, "k": None})
     order = [INGEST, CLEAN, FEATURES, NORMALIZE]
+    upstream = []
     for step in order[: order.index(next(s for s in order if s.name == stage.name))]:
-        run_stage(step, run)
+        upstream = [run_stage(step, context, upstream)]
     with pytest.raises(QualityError) as err:
-        run_stage(stage, run)
+        run_stage(stage, context, upstream)
     assert isinstance(err.value, PipelineError) and err.value.exit_code == 2
     for word in words:
         assert word in str(err.value), (word, str(err.value))
-    record = run.manifest["stages"][stage.name]
-    assert record["status"] == "failed" and "outputs" not in record
+    record = err.value.record
+    assert record.status == "failed" and not record.outputs and record.error == str(err.value)
     dataset = stage.outputs[0]
-    assert (run.run_dir / "failed" / f"{dataset}.parquet").exists()
-    assert not (run.run_dir / f"{dataset}.parquet").exists()
+    assert (run_dir / "failed" / f"{dataset}.parquet").exists()
+    assert not (run_dir / f"{dataset}.parquet").exists()
     assert not list((tmp_path / "cache" / stage.name).glob("*/entry.json"))

@@ -1,31 +1,30 @@
-"""The whole flow against a real Prefect server: layout, manifest, determinism, isolation of runs."""
+"""The whole flow against a real Prefect server: layout, manifest, data flow, determinism, isolation."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from uuid import UUID
 
 import pandas as pd
 import pytest
+from support import OUTPUTS, PARQUETS, PLOTS, run_cli, run_flow, snapshot
 
-from conftest import run_cli
-from tasks.storage import sha256_file
+from customer_segments.tasks.manifest import Manifest
+from customer_segments.tasks.storage import sha256_file
 
-PARQUETS = ("clean_invoices", "customer_features", "normalized_features", "k_selection",
-            "cluster_labels", "segment_profiles", "top_products")
-PLOTS = ("elbow", "silhouette", "ordercount_vs_totalsales", "ordercount_vs_avgordervalue",
-         "totalsales_vs_avgordervalue")
-
-
-def run_flow(input_path: Path, artifacts: Path, **params) -> dict:
-    from flows.pipeline import segmentation
-
-    return segmentation(input_path=str(input_path), artifacts=str(artifacts), **params)
-
-
-def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
-    return {p.relative_to(folder).as_posix(): (sha256_file(p), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+# Each stage and the stages whose outputs it reads: the edges the run graph must show.
+UPSTREAM = {
+    "ingest": set(),
+    "open_run": {"ingest"},
+    "clean": {"ingest", "open_run"},
+    "features": {"clean", "open_run"},
+    "normalize": {"features", "open_run"},
+    "select_k": {"normalize", "open_run"},
+    "cluster": {"features", "normalize", "select_k", "open_run"},
+    "profile": {"cluster", "clean", "open_run"},
+    "plots": {"select_k", "cluster", "open_run"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,72 +33,121 @@ def sample_run(prefect_server, sample, tmp_path_factory):
     return run_flow(sample, artifacts), artifacts
 
 
+def task_runs(flow_run_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+
+
 def test_run_folder_layout(sample_run):
     manifest, artifacts = sample_run
-    run_dir = Path(manifest["run_dir"])
+    run_dir = Path(manifest.run_dir)
     assert run_dir.parent.parent == artifacts
-    assert run_dir.parent.name == manifest["as_of"]
-    assert run_dir.name == manifest["run_id"]
-    assert manifest["run_id"].endswith(manifest["flow_run_id"].replace("-", "")[:8])
+    assert run_dir.parent.name == manifest.as_of
+    assert run_dir.name == manifest.run_id
+    assert manifest.run_id.endswith(manifest.flow_run_id.replace("-", "")[:8])
     files = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
-    expected = {f"{d}.parquet" for d in PARQUETS} | {f"plots/{p}.png" for p in PLOTS} | {"manifest.json"}
-    assert expected <= files
+    assert {*OUTPUTS, "manifest.json"} <= files
     assert not [f for f in files if f.endswith(".tmp")]
     assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
 
 
-def test_manifest_hashes_match_the_files(sample_run):
+def test_manifest_is_typed_and_its_hashes_match_the_files(sample_run):
     manifest, artifacts = sample_run
-    on_disk = json.loads((Path(manifest["run_dir"]) / "manifest.json").read_text())
-    assert on_disk["status"] == "completed"
-    assert on_disk["input"]["sha256"] == sha256_file(Path(on_disk["input"]["path"]))
-    assert on_disk["input"]["rows"] > 0
-    assert on_disk["cutoff"] == pd.Period(on_disk["as_of"]).start_time.isoformat()
-    assert on_disk["environment"]["packages"]["prefect"]
+    on_disk = Manifest.model_validate_json((Path(manifest.run_dir) / "manifest.json").read_text())
+    assert on_disk.status == "completed"
+    assert on_disk.input.sha256 == sha256_file(Path(on_disk.input.path))
+    assert on_disk.input.rows > 0
+    assert on_disk.cutoff == pd.Period(on_disk.as_of).start_time.isoformat()
+    assert on_disk.environment["packages"]["prefect"]
     checked = 0
     reports = set()
-    for name, stage in on_disk["stages"].items():
-        assert stage["status"] in ("completed", "cached"), name
-        assert stage["seconds"] >= 0
-        for dataset, info in stage["outputs"].items():
-            path = artifacts / info["path"]
-            assert sha256_file(path) == info["sha256"], dataset
-            if info["rows"] is not None:
+    for name, stage in on_disk.stages.items():
+        assert stage.status in ("completed", "cached"), name
+        assert stage.seconds >= 0
+        for dataset, ref in stage.outputs.items():
+            path = ref.resolve(artifacts)
+            assert sha256_file(path) == ref.sha256, dataset
+            if ref.is_table:
                 frame = pd.read_parquet(path)
-                assert len(frame) == info["rows"] and list(frame.columns) == info["columns"]
-            if info["file"].startswith("validation/"):
+                assert len(frame) == ref.rows and list(frame.columns) == ref.columns
+            if ref.file.startswith("validation/"):
                 reports.add(dataset)
-                assert path.parent == Path(manifest["run_dir"]) / "validation"
+                assert path.parent == Path(manifest.run_dir) / "validation"
             checked += 1
-    # Parquet datasets, plots, the parsed input in the cache and one quality report per suite.
+    # Parquet datasets, plots, the parsed input in the cache and one quality report per table.
     assert checked == len(PARQUETS) + len(PLOTS) + 1 + len(reports)
-    assert {f"validation/{d}.json" for d in ("raw_invoices", "clean_invoices", "customer_features",
-            "normalized_features", "cluster_labels", "segment_profiles")} <= reports
+    assert reports == {f"validation/{d}.json" for d in ("raw_invoices", *PARQUETS)}
+
+
+def test_tasks_pass_dataset_references_and_the_api_shows_the_data_flow(sample_run):
+    """Each stage's task run names, as its inputs, the task runs whose datasets it reads."""
+    manifest, _ = sample_run
+    runs = task_runs(manifest.flow_run_id)
+    name_of = {tr.id: tr.name.rsplit("-", 1)[0] for tr in runs}
+    inputs = {name_of[tr.id]: {name_of[i.id] for group in tr.task_inputs.values() for i in group
+                               if getattr(i, "input_type", None) == "task_run"}
+              for tr in runs}
+    assert inputs == UPSTREAM
+
+
+def test_each_stage_logs_one_line_for_an_auditor(sample_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    manifest, _ = sample_run
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(manifest.flow_run_id)])))
+    lines = [log.message for log in logs]
+    clean = next(line for line in lines if line.startswith("clean: "))
+    rows = manifest.stages["clean"]
+    assert f"{manifest.input.rows:,} rows in" in clean
+    assert f"clean_invoices {rows.outputs['clean_invoices'].rows:,} rows" in clean
+    assert "computed in" in clean and "gate clean_invoices:" in clean and "critical failed" in clean
+    for stage in ("ingest", "features", "normalize", "select_k", "cluster", "profile", "plots"):
+        assert any(line.startswith(f"{stage}: ") for line in lines), stage
 
 
 def test_rerun_reuses_every_stage_and_moves_latest(sample_run, sample):
     manifest, artifacts = sample_run
     again = run_flow(sample, artifacts)
-    assert again["run_id"] != manifest["run_id"]
-    assert {s["status"] for s in again["stages"].values()} == {"cached"}
-    assert (Path(again["run_dir"]).parent / "latest").resolve() == Path(again["run_dir"]).resolve()
+    assert again.run_id != manifest.run_id
+    assert {s.status for s in again.stages.values()} == {"cached"}
+    assert (Path(again.run_dir).parent / "latest").resolve() == Path(again.run_dir).resolve()
 
 
 def test_two_runs_give_byte_identical_outputs(prefect_server, sample_run, sample, tmp_path):
     manifest, _ = sample_run
     fresh = run_flow(sample, tmp_path)  # a separate artifacts folder: nothing cached
-    assert {s["status"] for s in fresh["stages"].values()} == {"completed"}
-    for name in (*(f"{d}.parquet" for d in PARQUETS), *(f"plots/{p}.png" for p in PLOTS)):
-        assert sha256_file(Path(fresh["run_dir"]) / name) == sha256_file(Path(manifest["run_dir"]) / name), name
+    assert {s.status for s in fresh.stages.values()} == {"completed"}
+    for name in OUTPUTS:
+        assert sha256_file(Path(fresh.run_dir) / name) == sha256_file(Path(manifest.run_dir) / name), name
+
+
+def test_stages_run_in_other_processes_with_the_same_outputs(prefect_server, sample_run, sample, tmp_path):
+    """Tasks take and return references only, so a process-based task runner runs them as they are."""
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    from customer_segments.flows.pipeline import segmentation
+
+    manifest, _ = sample_run
+    in_processes = segmentation.with_options(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    other = in_processes(input_path=str(sample), artifacts=str(tmp_path))
+    assert other.status == "completed"
+    assert {s.status for s in other.stages.values()} == {"completed"}
+    for name in OUTPUTS:
+        assert sha256_file(Path(other.run_dir) / name) == sha256_file(Path(manifest.run_dir) / name), name
 
 
 def test_later_run_leaves_earlier_run_untouched(prefect_server, sample, tmp_path):
     first = run_flow(sample, tmp_path)
-    before = snapshot(Path(first["run_dir"]))
+    before = snapshot(Path(first.run_dir))
     second = run_flow(sample, tmp_path, k=5)
-    assert snapshot(Path(first["run_dir"])) == before
-    assert pd.read_parquet(Path(second["run_dir"]) / "cluster_labels.parquet")["segment"].nunique() == 5
-    assert (Path(second["run_dir"]).parent / "latest").resolve() == Path(second["run_dir"]).resolve()
+    assert snapshot(Path(first.run_dir)) == before
+    assert pd.read_parquet(Path(second.run_dir) / "cluster_labels.parquet")["segment"].nunique() == 5
+    assert (Path(second.run_dir).parent / "latest").resolve() == Path(second.run_dir).resolve()
 
 
 def test_cli_run_prints_summary_and_json(prefect_server, sample, tmp_path):
@@ -122,7 +170,7 @@ def test_cli_missing_input_is_one_paragraph_and_exit_2(prefect_server, tmp_path)
 
 @pytest.mark.parametrize("suffix", ["parquet", "csv", "xlsx"])
 def test_cli_generate_writes_a_readable_export(suffix, tmp_path):
-    from tasks.ingest import COLUMNS, read_invoices
+    from customer_segments.tasks.ingest import COLUMNS, read_invoices
 
     out = tmp_path / f"export.{suffix}"
     result = run_cli("generate", "--out", str(out), "--customers", "40", "--months", "3", "--seed", "3")

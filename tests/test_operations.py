@@ -12,15 +12,9 @@ from uuid import UUID
 
 import pytest
 
-from conftest import BIN, REPO, run_cli
-from tasks.storage import sha256_file
-from test_flow import PARQUETS, PLOTS, run_flow
+from support import BIN, REPO, assert_identical_outputs, last_json, run_cli, run_flow
 
-OUTPUTS = (*(f"{d}.parquet" for d in PARQUETS), *(f"plots/{p}.png" for p in PLOTS))
-
-
-def last_json(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
+from customer_segments.tasks.storage import sha256_file
 
 
 def task_states(flow_run_id: str) -> dict[str, str]:
@@ -42,12 +36,7 @@ def flow_run(flow_run_id: str):
 @pytest.fixture(scope="module")
 def reference(prefect_server, sample, tmp_path_factory):
     """An uninterrupted run to compare resumed runs with, byte for byte."""
-    return Path(run_flow(sample, tmp_path_factory.mktemp("reference"))["run_dir"])
-
-
-def assert_identical_outputs(run_dir: Path, reference: Path) -> None:
-    for name in OUTPUTS:
-        assert sha256_file(run_dir / name) == sha256_file(reference / name), name
+    return Path(run_flow(sample, tmp_path_factory.mktemp("reference")).run_dir)
 
 
 def test_failed_stage_then_resume_recomputes_only_from_the_failure(prefect_server, sample, reference, tmp_path):
@@ -107,24 +96,24 @@ def test_sigkill_mid_stage_then_resume_is_byte_identical(prefect_server, sample,
 
 def test_corrupt_cached_output_is_recomputed_not_trusted(prefect_server, sample, tmp_path):
     first = run_flow(sample, tmp_path)
-    cached = tmp_path / first["stages"]["features"]["outputs"]["customer_features"]["path"]
+    cached = tmp_path / first.stages["features"].outputs["customer_features"].path
     entry = next((tmp_path / "cache" / "features").glob("*/customer_features.parquet"))
     good = entry.read_bytes()
     entry.write_bytes(good[: len(good) // 2])  # a torn write behind the pipeline's back
     second = run_flow(sample, tmp_path)
-    assert second["stages"]["features"]["status"] == "completed"
-    assert second["stages"]["normalize"]["status"] == "cached"  # same bytes again, so later stages reuse
-    assert sha256_file(Path(second["run_dir"]) / "customer_features.parquet") == first["stages"]["features"]["outputs"]["customer_features"]["sha256"]
+    assert second.stages["features"].status == "completed"
+    assert second.stages["normalize"].status == "cached"  # same bytes again, so later stages reuse
+    assert sha256_file(Path(second.run_dir) / "customer_features.parquet") == first.stages["features"].outputs["customer_features"].sha256
     assert cached.exists()
 
 
 def test_refresh_and_from_stage_force_recomputation(prefect_server, sample, tmp_path):
     run_flow(sample, tmp_path)
     partial = run_flow(sample, tmp_path, from_stage="cluster")
-    statuses = {name: s["status"] for name, s in partial["stages"].items()}
+    statuses = {name: s.status for name, s in partial.stages.items()}
     assert statuses["select_k"] == "cached" and statuses["cluster"] == "completed" and statuses["plots"] == "completed"
     everything = run_flow(sample, tmp_path, refresh=True)
-    assert {s["status"] for s in everything["stages"].values()} == {"completed"}
+    assert {s.status for s in everything.stages.values()} == {"completed"}
 
 
 def test_audit_trail_name_tags_artifacts_and_history(prefect_server, sample, tmp_path):
@@ -132,28 +121,75 @@ def test_audit_trail_name_tags_artifacts_and_history(prefect_server, sample, tmp
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     manifest = run_flow(sample, tmp_path)
-    fr = flow_run(manifest["flow_run_id"])
-    assert fr.name == f"segmentation-{manifest['as_of']}"
-    assert {f"as-of:{manifest['as_of']}", f"input:{manifest['input']['sha256'][:12]}"} <= set(fr.tags)
+    fr = flow_run(manifest.flow_run_id)
+    assert fr.name == f"segmentation-{manifest.as_of}"
+    assert {f"as-of:{manifest.as_of}", f"input:{manifest.input.sha256[:12]}"} <= set(fr.tags)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[fr.id])))
     by_key = {a.key: a for a in artifacts}
     assert {"segmentation-summary", "segment-profiles", "data-quality", "run-folder"} <= by_key.keys()
     summary = by_key["segmentation-summary"].data
-    assert "## Segments" in summary and "High value" in summary and manifest["run_id"] in summary
-    assert "missing customer" in summary and Path(manifest["run_dir"]).resolve().as_uri() in summary
+    assert "## Segments" in summary and "High value" in summary and manifest.run_id in summary
+    assert "missing customer" in summary and Path(manifest.run_dir).resolve().as_uri() in summary
     profiles = json.loads(by_key["segment-profiles"].data) if isinstance(by_key["segment-profiles"].data, str) else by_key["segment-profiles"].data
-    assert sum(row["size"] for row in profiles) == manifest["stages"]["features"]["metrics"]["customers"]
+    assert sum(row["size"] for row in profiles) == manifest.customers
 
     listed = run_cli("history", "--artifacts", str(tmp_path), "--json")
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["run_id"], r["status"], r["k"], r["customers"]) for r in rows] == [
-        (manifest["run_id"], "completed", manifest["stages"]["select_k"]["metrics"]["k"],
-         manifest["stages"]["features"]["metrics"]["customers"])]
+        (manifest.run_id, "completed", manifest.k, manifest.customers)]
     remote = run_cli("history", "--prefect", "--json")
     assert remote.returncode == 0, remote.stderr
     flow_runs = {r["flow_run_id"]: r for r in map(json.loads, remote.stdout.splitlines())}
-    assert flow_runs[manifest["flow_run_id"]]["state"] == "Completed"
-    assert flow_runs[manifest["flow_run_id"]]["month"] == manifest["as_of"]
+    assert flow_runs[manifest.flow_run_id]["state"] == "Completed"
+    assert flow_runs[manifest.flow_run_id]["month"] == manifest.as_of
+
+
+def test_full_disk_names_stage_and_folder_marks_the_run_failed_and_resume_completes(prefect_server, sample,
+                                                                                   reference, tmp_path):
+    """A stand-in for a full disk: the features stage's writes fail with ENOSPC."""
+    failed = run_cli("run", "--input", str(sample), "--artifacts", str(tmp_path), "--json",
+                     env={"SEGMENT_FAULT": "features:disk-full"})
+    assert failed.returncode == 2, failed.stderr
+    message = failed.stderr.strip()
+    summary = last_json(failed.stdout)
+    assert len(message.splitlines()) == 1 and "Traceback" not in message and "Errno" not in message
+    assert "Stage features could not write to" in message and str(tmp_path / "cache" / "features") in message
+    assert "the disk is full" in message and f"segment resume {summary['run_id']}" in message
+    run_dir = Path(summary["run_dir"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["stages"]["features"]["status"] == "running"
+    assert not list((tmp_path / "cache" / "features").glob("*/entry.json"))
+
+    resumed = run_cli("resume", summary["run_id"], "--artifacts", str(tmp_path), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert last_json(resumed.stdout)["status"] == "completed"
+    assert_identical_outputs(run_dir, reference)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real filesystem of 1.6 MB: the parsed sample fits, the cleaned lines do not."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); the stand-in test above covers the same path")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_really_full_disk_then_space_freed_then_resume(prefect_server, sample, reference, small_tmpfs):
+    failed = run_cli("run", "--input", str(sample), "--artifacts", str(small_tmpfs), "--json")
+    assert failed.returncode == 2, failed.stderr
+    assert "the disk is full" in failed.stderr and "Traceback" not in failed.stderr
+    summary = last_json(failed.stdout)
+    assert summary["status"] == "failed" and summary["run_dir"]
+    assert not list(small_tmpfs.rglob("*.tmp"))  # nothing half-written is left behind
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
+    resumed = run_cli("resume", summary["run_id"], "--artifacts", str(small_tmpfs), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_identical_outputs(Path(summary["run_dir"]), reference)

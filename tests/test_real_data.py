@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_flow import run_flow
+from support import run_flow
+
+from customer_segments.tasks.manifest import Manifest
 
 pytestmark = pytest.mark.real_data
 
@@ -30,15 +32,14 @@ def parquet_run(prefect_server, real_parquet, tmp_path_factory):
     return run_flow(real_parquet, tmp_path_factory.mktemp("real"))
 
 
-def check_known_facts(manifest: dict) -> None:
-    stages = manifest["stages"]
-    assert manifest["as_of"] == "2011-12" and manifest["cutoff"] == "2011-12-01T00:00:00"
-    assert stages["ingest"]["metrics"]["rows_raw"] == 541_909
-    assert stages["clean"]["metrics"]["rows_clean"] == 380_620
-    assert stages["features"]["metrics"]["customers"] == 4_298
-    assert stages["select_k"]["metrics"]["best_silhouette_k"] == 4
-    assert stages["select_k"]["metrics"]["k"] == 4
-    assert stages["select_k"]["metrics"]["silhouette"] == pytest.approx(0.41, abs=0.01)
+def check_known_facts(manifest: Manifest) -> None:
+    assert manifest.as_of == "2011-12" and manifest.cutoff == "2011-12-01T00:00:00"
+    assert manifest.metric("ingest", "rows_raw") == 541_909
+    assert manifest.rows_clean == 380_620
+    assert manifest.customers == 4_298
+    assert manifest.metric("select_k", "best_silhouette_k") == 4
+    assert manifest.k == 4
+    assert manifest.silhouette == pytest.approx(0.41, abs=0.01)
 
 
 def test_real_parquet_known_facts(parquet_run):
@@ -46,7 +47,7 @@ def test_real_parquet_known_facts(parquet_run):
 
 
 def test_real_features_equal_plain_groupby(parquet_run, real_parquet):
-    features = pd.read_parquet(Path(parquet_run["run_dir"]) / "customer_features.parquet").set_index("CustomerID")
+    features = pd.read_parquet(Path(parquet_run.run_dir) / "customer_features.parquet").set_index("CustomerID")
     expected = reference_features(real_parquet)
     assert features.index.tolist() == sorted(expected.index.tolist())
     pd.testing.assert_frame_equal(features, expected.loc[features.index], check_names=False, rtol=1e-12)
@@ -55,11 +56,11 @@ def test_real_features_equal_plain_groupby(parquet_run, real_parquet):
 def test_real_xlsx_gives_the_same_segments(prefect_server, real_xlsx, parquet_run, tmp_path):
     manifest = run_flow(real_xlsx, tmp_path)
     check_known_facts(manifest)
-    xlsx_dir, parquet_dir = Path(manifest["run_dir"]), Path(parquet_run["run_dir"])
+    xlsx_dir, parquet_dir = Path(manifest["run_dir"]), Path(parquet_run.run_dir)
     for name in ("customer_features", "cluster_labels", "segment_profiles"):
         pd.testing.assert_frame_equal(pd.read_parquet(xlsx_dir / f"{name}.parquet"),
                                       pd.read_parquet(parquet_dir / f"{name}.parquet"), check_exact=False, rtol=1e-9)
-    raw = pd.read_parquet(tmp_path / manifest["stages"]["ingest"]["outputs"]["raw_invoices"]["path"])
+    raw = pd.read_parquet(tmp_path / manifest.stages["ingest"].outputs["raw_invoices"].path)
     assert raw["InvoiceNo"].str.fullmatch(r"[A-Z]?\d{6}").all()
     assert not raw["CustomerID"].dropna().str.contains(r"\.").any()
     assert raw["StockCode"].isin(["71053", "85123A"]).sum() > 0

@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.clean import clean_invoices, rows_dropped
-from tasks.cluster import cluster_labels, segment_names
-from tasks.errors import InputError, ParameterError
-from tasks.features import customer_features
-from tasks.ingest import normalize_invoices
-from tasks.normalize import normalize_features
-from tasks.profile import segment_profiles, top_products
-from tasks.select_k import k_selection
+from customer_segments.tasks.clean import clean_invoices, rows_dropped
+from customer_segments.tasks.cluster import cluster_labels, segment_names
+from customer_segments.tasks.errors import InputError, ParameterError
+from customer_segments.tasks.features import customer_features
+from customer_segments.tasks.ingest import normalize_invoices
+from customer_segments.tasks.normalize import normalize_features
+from customer_segments.tasks.profile import segment_profiles, top_products
+from customer_segments.tasks.select_k import k_selection
 
 CUTOFF = "2011-12-01"
 
@@ -195,7 +195,7 @@ def test_profiles_and_top_products():
 
 
 def test_silhouette_on_a_fixed_sample_when_customers_are_many(monkeypatch):
-    import tasks.select_k as select_k
+    import customer_segments.tasks.select_k as select_k
 
     full = k_selection(blobs(), k_min=3, k_max=6)
     monkeypatch.setattr(select_k, "SILHOUETTE_SAMPLE", 100)  # 240 customers: sampled

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO, run_cli
-from test_flow import run_flow
+from support import BIN, REPO, run_cli, run_flow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "artifacts" / "test-screenshots"
@@ -46,21 +45,21 @@ def browser():
 def test_flow_run_page_shows_the_run_and_its_artifacts(prefect_server, sample, tmp_path, browser):
     manifest = run_flow(sample, tmp_path)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{prefect_server.ui_url}/runs/flow-run/{manifest['flow_run_id']}")
-    page.get_by_text(f"segmentation-{manifest['as_of']}").first.wait_for(timeout=60_000)
+    page.goto(f"{prefect_server['ui_url']}/runs/flow-run/{manifest.flow_run_id}")
+    page.get_by_text(f"segmentation-{manifest.as_of}").first.wait_for(timeout=60_000)
     page.get_by_text("Artifacts", exact=True).first.click()
     for key in ("segmentation-summary", "segment-profiles", "data-quality", "run-folder"):
         page.get_by_text(key, exact=True).first.wait_for(timeout=30_000)
     body = page.inner_text("body")
-    assert "Completed" in body and f"as-of:{manifest['as_of']}" in body
-    assert f"input:{manifest['input']['sha256'][:12]}" in body
+    assert "Completed" in body and f"as-of:{manifest.as_of}" in body
+    assert f"input:{manifest.input.sha256[:12]}" in body
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "flow-run-artifacts.png"), full_page=True)
 
     page.get_by_text("segmentation-summary", exact=True).first.click()
     page.get_by_text("Segments", exact=True).first.wait_for(timeout=30_000)
     summary = page.inner_text("body")
-    assert "High value: frequent, big spenders" in summary and manifest["run_id"] in summary
+    assert "High value: frequent, big spenders" in summary and manifest.run_id in summary
     page.screenshot(path=str(SCREENSHOTS / "segmentation-summary.png"), full_page=True)
     page.close()
     assert (SCREENSHOTS / "flow-run-artifacts.png").stat().st_size > 10_000
@@ -127,18 +126,49 @@ def test_served_deployment_runs_on_schedule_for_the_scheduled_month(prefect_serv
         server.wait(30)
 
 
-def test_prefect_yaml_declares_the_same_deployment_on_a_process_pool(prefect_server):
-    env = {**os.environ, "PWD": str(REPO)}
+def test_deploy_registers_the_deployment_on_a_process_pool_and_a_worker_runs_it(prefect_server, sample, tmp_path):
+    """`segment deploy` registers the installed flow by module path; a worker elsewhere runs it."""
+    from prefect.states import Scheduled
+
+    from customer_segments.flows import defaults
+
+    landing = tmp_path / "incoming"
+    landing.mkdir()
+    shutil.copy(sample, landing / "export.parquet")
     created = subprocess.run([str(BIN / "prefect"), "work-pool", "create", "segmentation", "--type", "process"],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert created.returncode == 0, created.stderr + created.stdout
-    deployed = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0 or "already exists" in created.stdout + created.stderr, created.stderr
+    deployed = run_cli("deploy", "--pool", "segmentation", "--landing", "incoming", "--artifacts", "artifacts",
+                       cwd=tmp_path)
     assert deployed.returncode == 0, deployed.stderr + deployed.stdout
     with client() as c:
-        deployment = c.read_deployment_by_name("customer-segmentation/monthly-segmentation")
+        deployment = c.read_deployment_by_name(f"{defaults.FLOW_NAME}/{defaults.DEPLOYMENT_NAME}")
     assert deployment.work_pool_name == "segmentation"
-    assert deployment.entrypoint == "flows/pipeline.py:segmentation"
-    assert deployment.schedules[0].schedule.cron == "0 6 1 * *"
-    assert deployment.parameters["as_of"] == "scheduled"
-    assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+    assert deployment.entrypoint == "customer_segments.flows.pipeline:segmentation"
+    assert deployment.schedules[0].schedule.cron == defaults.CRON
+    assert deployment.parameters == {"input_path": str(landing), "artifacts": str(tmp_path / "artifacts"),
+                                     "as_of": defaults.SCHEDULED}
+
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "segmentation"],
+                              cwd=elsewhere, env={**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "2"},
+                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        with client() as c:
+            flow_run = c.create_flow_run_from_deployment(
+                deployment.id, state=Scheduled(scheduled_time=datetime(2011, 11, 1, 6, 0, tzinfo=UTC)))
+
+        def finished():
+            with client() as c:
+                state = c.read_flow_run(flow_run.id).state
+            return state if state.is_final() else None
+
+        state = wait_for(finished, 300, "the worker to run the deployment")
+        assert state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
+        manifest = json.loads(next((tmp_path / "artifacts").glob("2011-11/*/manifest.json")).read_text())
+        assert manifest["status"] == "completed" and manifest["cutoff"] == "2011-11-01T00:00:00"
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(30)

@@ -1,0 +1,23 @@
+"""Defaults of running the pipeline, in one place: the CLI, the flow and the deployment read them.
+
+Free of heavy imports: the command line reads them before Prefect is loaded.
+"""
+
+from customer_segments.tasks.defaults import K_MAX, K_MIN
+
+FLOW_NAME = "customer-segmentation"
+# Where exports land month after month, and where run folders go (relative to the working folder).
+INPUT_PATH = "data/incoming"
+ARTIFACTS = "artifacts"
+
+# The monthly deployment: `segment serve` and `segment deploy` register it under this name.
+DEPLOYMENT_NAME = "monthly-segmentation"
+DEPLOYMENT_DESCRIPTION = "Monthly customer re-segmentation of the landing folder's invoice exports."
+DEPLOYMENT_TAGS = ("segmentation", "monthly")
+CRON = "0 6 1 * *"  # 06:00 on the first day of every month
+TIMEZONE = "UTC"
+# The as-of value a scheduled run passes: the month of the run's scheduled start.
+SCHEDULED = "scheduled"
+
+__all__ = ["ARTIFACTS", "CRON", "DEPLOYMENT_DESCRIPTION", "DEPLOYMENT_NAME", "DEPLOYMENT_TAGS", "FLOW_NAME",
+           "INPUT_PATH", "K_MAX", "K_MIN", "SCHEDULED", "TIMEZONE"]

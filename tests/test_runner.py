@@ -1,0 +1,108 @@
+"""The stage runner's own promises: what a cache key depends on, references, reading any Parquet."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from support import SAMPLE
+
+from customer_segments.tasks import code_version
+from customer_segments.tasks.errors import DiskFullError, InputError, ParameterError
+from customer_segments.tasks.ingest import read_invoices
+from customer_segments.tasks.manifest import RunContext
+from customer_segments.tasks.runner import QualityError, cache_key, run_stage
+from customer_segments.tasks.stages import CLUSTER, INGEST, NORMALIZE, STAGES
+
+PACKAGE = "customer_segments.tasks"
+
+
+def test_code_version_follows_imported_constants_transitively():
+    # normalize uses FEATURES from features; cluster uses it through select_k and features too.
+    assert f"{PACKAGE}.features" in code_version.module_closure(f"{PACKAGE}.normalize")
+    closure = code_version.module_closure(f"{PACKAGE}.cluster")
+    assert {f"{PACKAGE}.features", f"{PACKAGE}.select_k", f"{PACKAGE}.defaults", f"{PACKAGE}.errors"} <= closure
+    assert f"{PACKAGE}.profile" not in closure
+
+
+def test_editing_a_constant_in_another_module_changes_the_key(monkeypatch):
+    before = code_version.fingerprint([f"{PACKAGE}.normalize"])
+    source = code_version._source(f"{PACKAGE}.features")
+    edited = source.replace(b'FEATURES = ("TotalSales", "OrderCount", "AvgOrderValue")',
+                            b'FEATURES = ("TotalSales", "AvgOrderValue", "OrderCount")')
+    assert edited != source
+    real_source = code_version._source
+    monkeypatch.setattr(code_version, "_source",
+                        lambda name: edited if name == f"{PACKAGE}.features" else real_source(name))
+    assert code_version.fingerprint([f"{PACKAGE}.normalize"]) != before
+
+
+def test_library_versions_are_part_of_the_key(monkeypatch):
+    before = code_version.fingerprint([f"{PACKAGE}.cluster"])
+    versions = dict(code_version.library_versions(), **{"scikit-learn": "0.0.1"})
+    monkeypatch.setattr(code_version, "library_versions", lambda: versions)
+    assert code_version.fingerprint([f"{PACKAGE}.cluster"]) != before
+    assert {"numpy", "pandas", "pyarrow", "scikit-learn"} <= set(versions)
+
+
+def test_an_edited_quality_suite_changes_the_key(tmp_path, monkeypatch):
+    context = RunContext(artifacts=str(tmp_path), run_id="r", started_at="2026-01-01T00:00:00+00:00", params={})
+    from customer_segments.tasks.manifest import DatasetRef
+    from customer_segments.tasks.quality.suites import suites_dir
+
+    inputs = {"customer_features": DatasetRef(name="customer_features", file="x", path="x", sha256="0" * 64)}
+    before = cache_key(NORMALIZE, context, inputs)
+    edited = tmp_path / "suites"
+    edited.mkdir()
+    for path in suites_dir().glob("*.json"):
+        (edited / path.name).write_bytes(path.read_bytes())
+    (edited / "normalized_features.json").write_text((edited / "normalized_features.json").read_text().replace(
+        '"min_value": -2, "max_value": 2', '"min_value": -3, "max_value": 3'))
+    monkeypatch.setenv("SEGMENT_EXPECTATIONS", str(edited))
+    assert cache_key(NORMALIZE, context, inputs) != before
+
+
+def test_every_stage_has_a_code_version():
+    assert len({stage.code_version for stage in STAGES}) == len(STAGES)
+
+
+def test_parquet_saved_with_its_index_is_read_by_position(tmp_path):
+    """`df[df.Country == "France"].to_parquet(path)` keeps pandas' index; ingest ignores it."""
+    sample = pd.read_parquet(SAMPLE)
+    france = sample[sample["Country"] == "France"]
+    assert not france.index.equals(pd.RangeIndex(len(france)))
+    france.to_parquet(tmp_path / "france.parquet")
+    read = read_invoices(tmp_path / "france.parquet")
+    assert len(read) == len(france)
+    assert read["InvoiceNo"].notna().all() and read["CustomerID"].notna().sum() == france["CustomerID"].notna().sum()
+    assert read["InvoiceNo"].tolist() == france["InvoiceNo"].tolist()
+    # A named index is a column that was set aside: it comes back as one.
+    france.set_index("InvoiceNo").to_parquet(tmp_path / "indexed.parquet")
+    assert read_invoices(tmp_path / "indexed.parquet")["InvoiceNo"].tolist() == france["InvoiceNo"].tolist()
+
+
+@pytest.mark.parametrize("error", [
+    InputError("x.csv", "ingest", "UnitPrice", "3 values are not numbers"),
+    ParameterError("select_k", "k-min must be at least 2"),
+    DiskFullError("clean", "/a/cache/clean", "run-1"),
+    QualityError("features", "customer_features", "dataset failed", Path("/r/validation/x.json")),
+])
+def test_errors_cross_process_boundaries_intact(error):
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and str(copy) == str(error)
+
+
+def test_the_runner_needs_no_prefect(tmp_path):
+    """Stages run by hand, each taking the previous results, give the same references again."""
+    context = RunContext(artifacts=str(tmp_path), run_id="r", started_at="2026-01-01T00:00:00+00:00",
+                         params={"input_path": str(SAMPLE), "input_sha256": "s"})
+    first = run_stage(INGEST, context)
+    again = run_stage(INGEST, context)
+    assert first.record.status == "completed" and again.record.status == "cached"
+    assert first.record.outputs == again.record.outputs
+    ref = first.dataset("raw_invoices")
+    assert ref.rows == len(pd.read_parquet(ref.resolve(tmp_path))) and ref.path.startswith("cache/ingest/")
+    with pytest.raises(ValueError, match="cluster needs customer_features"):
+        run_stage(CLUSTER, context, [first])
