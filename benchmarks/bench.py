@@ -6,12 +6,15 @@ Every figure is the wall time of a whole command run as a subprocess (interprete
 imports and teardown included on both sides), on the real UCI "Online Retail" export in both
 forms users have it (../shared/data beside the repository). Per repetition and input it runs:
 
-  flow cold, server   `segment run` into a fresh, empty artifacts folder, reporting to a local
-                      `prefect server start` this script started (what users who audit runs in
-                      the UI have). The primary figure.
+  flow cold, server   `segment run` into a fresh, empty artifacts folder, reporting to a running
+                      local Prefect server (the product's own, started by this script before
+                      measuring). The primary figure.
   plain               benchmarks/plain_analysis.py, the same analysis as one pandas script.
-  flow cold, temp     `segment run` with no PREFECT_API_URL and a fresh PREFECT_HOME, so Prefect
-                      starts its temporary local server inside the command.
+  flow first, none    `segment run` with no PREFECT_API_URL and no server running: the command
+                      starts the local server (and leaves it running).
+  flow second, none   the same again: the command finds that server running and reuses it.
+  flow cold, temp     `segment run` with SEGMENT_PREFECT_SERVER=temporary and a fresh
+                      PREFECT_HOME: Prefect starts its temporary server inside the command.
   flow warm, server   `segment run` again into the cold server run's artifacts folder: every
                       stage is reused from the content-addressed cache.
 
@@ -40,7 +43,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from customer_segments.flows.server import LocalPrefectServer
+from customer_segments.flows.server import LocalServer
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -51,22 +54,28 @@ REPORT = REPO / "BENCHMARKS.md"
 SCRATCH = REPO / ".bench"  # git-ignored
 # The pipeline's code and suites; measured from a copy taken at start (see snapshot_code).
 CODE_PATHS = ("flows", "tasks", "data", "expectations")
+PACKAGE = "customer_segments"
 BIN = Path(sys.executable).parent
 PYTHON = Path(sys.executable)
 
 # Targets: flow wall time relative to the plain script, and validation's share of the flow.
 TARGETS = {"xlsx": 0.15, "parquet": 1.5}
 GATE_SHARE_TARGET = 0.25
+# A run that finds the local server running pays nothing for it (medians are noisy: 5% slack).
+SECOND_RUN_TARGET = 1.05
 # What the reference analysis of this data gives (../shared/data/README.md).
 EXPECTED = {"customers": 4298, "k": 4}
 
-VARIANTS = ("flow_cold_server", "plain", "flow_cold_temp", "flow_warm_server")
+VARIANTS = ("flow_cold_server", "plain", "flow_first_none", "flow_second_none", "flow_cold_temp", "flow_warm_server")
 TITLES = {
-    "flow_cold_server": "flow, cold, local Prefect server",
+    "flow_cold_server": "flow, cold, running local server",
     "plain": "plain pandas script",
-    "flow_cold_temp": "flow, cold, temporary Prefect server",
-    "flow_warm_server": "flow, warm (all cached), local Prefect server",
+    "flow_first_none": "flow, cold, no server running (starts the local server)",
+    "flow_second_none": "flow, cold, second run without a server (reuses it)",
+    "flow_cold_temp": "flow, cold, Prefect's temporary server",
+    "flow_warm_server": "flow, warm (all cached), running local server",
 }
+FLOW_VARIANTS = tuple(v for v in VARIANTS if v != "plain")
 STAGES = ("ingest", "clean", "features", "normalize", "select_k", "cluster", "profile", "plots")
 PACKAGES = ("pandas", "prefect", "scikit-learn", "great-expectations", "numpy", "pyarrow",
             "openpyxl", "python-calamine", "matplotlib")
@@ -80,19 +89,28 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # --- The local Prefect server the flow reports to -----------------------------------
 
-class PrefectServer(LocalPrefectServer):
-    """The tests' local server, plus what the benchmark reads of its processes."""
+class ServerWatch:
+    """A local Prefect server folder, and what the benchmark reads of its process group."""
+
+    def __init__(self, home: Path):
+        self.server = LocalServer(home)
+
+    def pid(self) -> int | None:
+        try:
+            return int(json.loads(self.server.state_file.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def group(self) -> list[int]:
-        """Pids of the server's process group (the CLI and the uvicorn workers it spawns)."""
-        if self.process is None:
-            return []
-        return [pid for pid, stat in _proc_stats() if int(stat[2]) == self.process.pid]
+        """Pids of the server's process group (it runs in a session of its own)."""
+        pid = self.pid()
+        return [p for p, stat in _proc_stats() if pid is not None and int(stat[2]) == pid]
 
     def cpu_seconds(self) -> float:
-        """CPU time used so far by the server's live processes."""
+        """CPU time used so far by the server's live processes (0 while none runs)."""
+        pid = self.pid()
         return sum((int(stat[11]) + int(stat[12])) / CLK_TCK
-                   for pid, stat in _proc_stats() if self.process and int(stat[2]) == self.process.pid)
+                   for p, stat in _proc_stats() if pid is not None and int(stat[2]) == pid)
 
     def peak_rss_mib(self) -> float:
         """Sum over the server's processes of each one's peak resident set (VmHWM)."""
@@ -126,14 +144,14 @@ def _cpu_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-def other_load_now(server: PrefectServer | None, window: float = 1.0) -> float:
+def other_load_now(server: ServerWatch | None, window: float = 1.0) -> float:
     """Cores busy with other work over a short window (our idle server's CPU excluded)."""
     busy0, server0 = _cpu_busy_seconds(), server.cpu_seconds() if server else 0.0
     time.sleep(window)
     return (_cpu_busy_seconds() - busy0 - ((server.cpu_seconds() - server0) if server else 0.0)) / window
 
 
-def wait_for_quiet(server: PrefectServer | None, max_wait: float) -> float:
+def wait_for_quiet(server: ServerWatch | None, max_wait: float) -> float:
     """Wait (up to max_wait seconds) until the machine is idle; return the seconds waited.
 
     Measuring only on an idle machine matters on a small one: k-means runs an OpenMP thread per
@@ -151,7 +169,7 @@ def source_digest(root: Path = REPO) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for folder, pattern in (("flows", "*.py"), ("tasks", "*.py"), ("data", "*.py"), ("expectations", "*.json")):
+    for folder, pattern in (("flows", "*.py"), ("tasks", "**/*.py"), ("data", "*.py"), ("expectations", "*.json")):
         for path in sorted((root / folder).glob(pattern)):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
@@ -161,17 +179,19 @@ def snapshot_code(dest: Path, mode: str) -> Path:
     """Copy the pipeline's code, so that every run measures the same version even while the
     working tree is edited (an edit would also invalidate the cache between cold and warm runs).
 
-    mode "worktree" copies the files as they are now; "head" exports the last commit. The copy
-    is put first on PYTHONPATH, ahead of the editable install's finder.
+    mode "worktree" copies the files as they are now; "head" exports the last commit. The copy is
+    laid out as the installed package (customer_segments/flows, ...) and put first on PYTHONPATH,
+    ahead of the editable install's finder.
     """
-    dest.mkdir(parents=True)
+    package = dest / PACKAGE
+    package.mkdir(parents=True)
     if mode == "head":
         archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", *CODE_PATHS], cwd=REPO,
                                  capture_output=True, check=True, timeout=60)
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True, timeout=60)
+        subprocess.run(["tar", "-x", "-C", str(package)], input=archive.stdout, check=True, timeout=60)
     else:
         for folder in CODE_PATHS:
-            shutil.copytree(REPO / folder, dest / folder,
+            shutil.copytree(REPO / folder, package / folder,
                             ignore=shutil.ignore_patterns("__pycache__", "incoming", "*.pyc"))
     return dest
 
@@ -205,7 +225,7 @@ class Result:
     waited: float = 0.0
 
 
-def run_measured(cmd: list[str], env: dict[str, str], log_stem: Path, server: PrefectServer | None, cwd: Path = REPO):
+def run_measured(cmd: list[str], env: dict[str, str], log_stem: Path, server: ServerWatch | None, cwd: Path = REPO):
     """Run cmd to completion; wall seconds, peak RSS and CPU of it and its waited-for children.
 
     os.wait4 on the child's pid gives that child's own rusage (ru_maxrss is the largest resident
@@ -281,7 +301,7 @@ def _kill_group(pid: int) -> None:
 
 
 class Bench:
-    def __init__(self, scratch: Path, server: PrefectServer, temp_home: str, max_wait: float, retries: int,
+    def __init__(self, scratch: Path, server: ServerWatch, temp_home: str, max_wait: float, retries: int,
                  code_dir: Path):
         self.code_dir = code_dir
         self.retries = retries
@@ -290,29 +310,43 @@ class Bench:
         self.server = server
         self.temp_home = temp_home
         self.max_wait = max_wait
-        base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SEGMENT_"))}
         base.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", GX_ANALYTICS_ENABLED="false", MPLBACKEND="Agg",
-                    PYTHONPATH=str(code_dir))
+                    PYTHONPATH=str(code_dir), PREFECT_HOME=str(self._dir("client-home")))
         self.base_env = base
-        self.server_env = {**base, "PREFECT_API_URL": server.api_url,
-                           "PREFECT_HOME": str(self._dir("client-home"))}
+        self.server_env = {**base, "PREFECT_API_URL": server.server.status()["api_url"]}
         self.results: list[Result] = []
         self.counter = 0
+        self.serverless: ServerWatch | None = None  # the server the no-server runs start
+        self.fresh = 0
 
     def _dir(self, *parts: str) -> Path:
         path = self.scratch.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _temp_env(self, name: str) -> dict[str, str]:
-        # Without PREFECT_API_URL Prefect starts a temporary server on this home's database.
-        home = self._dir("temp-home", name if self.temp_home == "fresh" else "shared")
-        return {**self.base_env, "PREFECT_HOME": str(home)}
+    def _env(self, variant: str, name: str, rep: int) -> tuple[dict[str, str], ServerWatch | None]:
+        """The command's environment, and the server whose CPU is not "other load" meanwhile."""
+        if variant == "flow_cold_temp":
+            # Prefect's temporary server on this home's database.
+            home = self._dir("temp-home", f"{name}-{rep}" if self.temp_home == "fresh" else "shared")
+            return {**self.base_env, "PREFECT_HOME": str(home), "SEGMENT_PREFECT_SERVER": "temporary"}, None
+        if variant in ("flow_first_none", "flow_second_none"):
+            if variant == "flow_first_none":  # a new folder: no server, no database yet
+                self.stop_serverless()
+                self.fresh += 1
+                self.serverless = ServerWatch(self.scratch / f"serverless-{self.fresh}")
+            return {**self.base_env, "SEGMENT_SERVER_HOME": str(self.serverless.server.home)}, self.serverless
+        return self.server_env, self.server
+
+    def stop_serverless(self) -> None:
+        if self.serverless is not None:
+            self.serverless.server.stop()
+            self.serverless = None
 
     def flow(self, variant: str, name: str, input_path: Path, artifacts: Path, rep: int) -> Result:
-        env = self._temp_env(f"{name}-{rep}") if variant == "flow_cold_temp" else self.server_env
+        env, server = self._env(variant, name, rep)
         cmd = [str(BIN / "segment"), "run", "--input", str(input_path), "--artifacts", str(artifacts), "--json"]
-        server = self.server if variant != "flow_cold_temp" else None
         seconds, rss, cpu, other, stdout = run_measured(cmd, env, self._log(variant, name, rep), server, self.code_dir)
         summary = json.loads(stdout.strip().splitlines()[-1])
         manifest = json.loads((Path(summary["run_dir"]) / "manifest.json").read_text())
@@ -383,17 +417,27 @@ def run_all(bench: Bench, names: list[str], repeats: int) -> None:
     for rep in range(repeats):
         for name in names:
             input_path = INPUTS[name]
-            steps = [
-                lambda a: bench.flow("flow_cold_server", name, input_path, bench._dir(f"artifacts-{name}-{rep}-{a}"), rep),
-                lambda a: bench.plain(name, input_path, rep),
-                lambda a: bench.flow("flow_cold_temp", name, input_path, bench._dir(f"artifacts-temp-{name}-{rep}-{a}"), rep),
-            ]
+
+            def cold(variant: str):
+                return lambda a: bench.flow(variant, name, input_path, bench._dir(f"artifacts-{variant}-{name}-{rep}-{a}"), rep)
+
+            def without_server(a: int) -> None:
+                # The first run starts the local server (each attempt in a new folder), the second
+                # finds it running.
+                bench.steady(cold("flow_first_none"))
+                bench.steady(cold("flow_second_none"))
+                bench.stop_serverless()
+
+            steps = [lambda a: bench.steady(cold("flow_cold_server")),
+                     lambda a: bench.steady(lambda b: bench.plain(name, input_path, rep)),
+                     without_server,
+                     lambda a: bench.steady(cold("flow_cold_temp"))]
             shift = rep % len(steps)
             for step in steps[shift:] + steps[:shift]:
-                bench.steady(step)
+                step(0)
             # Warm reuses the cold server run's folder (artifacts/<month>/<run id>), so it comes after it.
-            cold = next(r for r in bench.results if r.variant == "flow_cold_server" and r.input == name and r.rep == rep)
-            bench.steady(lambda a: bench.flow("flow_warm_server", name, input_path, cold.out_dir.parent.parent, rep))
+            first = next(r for r in bench.results if r.variant == "flow_cold_server" and r.input == name and r.rep == rep)
+            bench.steady(lambda a: bench.flow("flow_warm_server", name, input_path, first.out_dir.parent.parent, rep))
         check_same_segments(bench, names, rep)
 
 
@@ -402,12 +446,13 @@ import json, sys, time
 from pathlib import Path
 import numpy, pandas  # not charged to Great Expectations
 started = time.perf_counter()
-from customer_segments.tasks import quality
-quality._gx_state()
+from customer_segments.tasks.quality.validation import gx_state
+from customer_segments.tasks.quality.docs import build_data_docs
+gx_state()
 setup = time.perf_counter() - started
 reports = {p.stem: json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("*.json"))}
 started = time.perf_counter()
-quality.build_data_docs(reports, Path(sys.argv[1]) / "docs")
+build_data_docs(reports, Path(sys.argv[1]) / "docs")
 print(setup, time.perf_counter() - started)
 """
 
@@ -489,7 +534,7 @@ def summarize(results: list[Result], names: list[str]) -> dict[str, Any]:
             }
         plain = entry["variants"]["plain"]["seconds"]["median"]
         entry["ratios"] = {v: entry["variants"][v]["seconds"]["median"] / plain for v in VARIANTS if v != "plain"}
-        for v in ("flow_cold_server", "flow_cold_temp", "flow_warm_server"):
+        for v in FLOW_VARIANTS:
             rs = by[v]
             stage_stats = {s: stats([r.manifest["stages"][s]["seconds"] for r in rs if s in r.manifest.get("stages", {})])
                            for s in STAGES}
@@ -613,6 +658,16 @@ def render(summary: dict[str, Any], info: dict[str, str], meta: dict[str, Any]) 
         lines.append(f"| {name}: flow ≤ {TARGETS[name]:g}× plain | {ratio:.2f}× ({flow:.1f} s / {plain:.1f} s) "
                      f"| {verdict(ratio <= TARGETS[name])} |")
     for name, entry in summary.items():
+        with_server = entry["variants"]["flow_cold_server"]["seconds"]["median"]
+        second = entry["variants"]["flow_second_none"]["seconds"]["median"]
+        first = entry["variants"]["flow_first_none"]["seconds"]["median"]
+        temp = entry["variants"]["flow_cold_temp"]["seconds"]["median"]
+        lines.append(f"| {name}: second run without a server ≤ {SECOND_RUN_TARGET:g}× a run with a running server | "
+                     f"{second / with_server:.2f}× ({second:.1f} s / {with_server:.1f} s) "
+                     f"| {verdict(second / with_server <= SECOND_RUN_TARGET)} |")
+        lines.append(f"| {name}: for information, first run without a server (starts the local server) | "
+                     f"{first / with_server:.2f}× ({first:.1f} s; Prefect's temporary server: {temp:.1f} s) | – |")
+    for name, entry in summary.items():
         gates = entry["gates"]["flow_cold_server"]
         share = gates["share"]["median"]
         counted = gates["counted"]
@@ -659,15 +714,19 @@ def render(summary: dict[str, Any], info: dict[str, str], meta: dict[str, Any]) 
             "",
             "Per-stage seconds from the run manifests (median (min–max)):",
             "",
-            "| stage | cold, server | of which quality gates | cold, temporary server | warm, server |",
-            "| --- | --- | --- | --- | --- |",
+            "| stage | cold, running server | of which quality gates | first run, no server | second run, no server "
+            "| temporary server | warm, running server |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
+        others = ("flow_first_none", "flow_second_none", "flow_cold_temp", "flow_warm_server")
         for stage in entry["stages"]["flow_cold_server"]:
-            cells = [fmt(entry["stages"][x][stage], "s", 2) for x in ("flow_cold_server", "flow_cold_temp", "flow_warm_server")]
+            cells = [fmt(entry["stages"][x][stage], "s", 2) for x in others]
             gates = fmt(entry["stage_gates"]["flow_cold_server"].get(stage), "s", 2) if stage in STAGES else ""
-            lines.append(f"| {stage} | {cells[0]} | {gates} | {cells[1]} | {cells[2]} |")
-        gate_cells = [fmt(entry["gates"][x]["seconds"], "s", 2) for x in ("flow_cold_server", "flow_cold_temp", "flow_warm_server")]
-        lines.append(f"| (quality gates, inside the stages) | {gate_cells[0]} | | {gate_cells[1]} | {gate_cells[2]} |")
+            lines.append(f"| {stage} | {fmt(entry['stages']['flow_cold_server'][stage], 's', 2)} | {gates} | "
+                         + " | ".join(cells) + " |")
+        gate_cells = [fmt(entry["gates"][x]["seconds"], "s", 2) for x in others]
+        lines.append(f"| (quality gates, inside the stages) | {fmt(entry['gates']['flow_cold_server']['seconds'], 's', 2)} "
+                     "| | " + " | ".join(gate_cells) + " |")
         if entry["notes"]:
             lines += ["", "Anomalies:", ""] + [f"- {n}" for n in entry["notes"]]
         lines += ["", "<details><summary>Every run</summary>", "",
@@ -697,17 +756,20 @@ def render(summary: dict[str, Any], info: dict[str, str], meta: dict[str, Any]) 
         "- *cold*: a fresh, empty artifacts folder, so every stage computes. *warm*: the same command "
         "again into the cold run's folder, so every stage is reused from the content-addressed cache "
         "(after re-hashing the input and the cached files).",
-        "- *local Prefect server*: one `prefect server start` on a free loopback port with its own "
-        "PREFECT_HOME and sqlite database, started by the benchmark before the first run and stopped "
-        "after the last; the flow reports to it through PREFECT_API_URL. Its own CPU and memory are "
-        f"not in the flow's figures (its peak RSS over the benchmark: {meta['server_rss']:.0f} MiB). "
-        "*temporary Prefect server*: no PREFECT_API_URL, so Prefect starts and stops a server inside "
-        "the command, on "
+        "- *running local server*: the product's local Prefect server (`segment server start`: "
+        "`prefect server start` on a free loopback port, its own PREFECT_HOME and sqlite database), "
+        "started by the benchmark before the first run and stopped after the last; the flow reports to "
+        "it through PREFECT_API_URL. Its own CPU and memory are not in the flow's figures (its peak RSS "
+        f"over the benchmark: {meta['server_rss']:.0f} MiB). *no server running*: no PREFECT_API_URL and "
+        "a new, empty server folder (SEGMENT_SERVER_HOME), as on a new machine: the command starts the "
+        "local server (creating its database) and leaves it running; *second run without a server*: the "
+        "same command again, which finds that server and reuses it. *Prefect's temporary server*: "
+        "SEGMENT_PREFECT_SERVER=temporary, so Prefect starts and stops a server inside the command, on "
         + ("a fresh PREFECT_HOME per run (its database is created and migrated each time)."
            if meta["temp_home"] == "fresh" else "one PREFECT_HOME shared by these runs (database created once)."),
-        "- Order: per repetition and input, flow cold (server), plain and flow cold (temporary server) "
-        "run one after another, their order rotating each repetition so both sides share the machine's "
-        "noise; the warm run follows. Before measuring, one untimed flow run and one plain run on the "
+        "- Order: per repetition and input, flow cold (running server), plain, the pair of runs without a "
+        "server and flow cold (temporary server) run one after another, their order rotating each "
+        "repetition so all share the machine's noise; the warm run follows. Before measuring, one untimed flow run and one plain run on the "
         "small committed sample register the flow with the server and warm the page cache. Before each "
         f"measured command the benchmark waits (at most {meta['max_wait']:.0f} s) until the machine is idle "
         f"(other load ≤ {BUSY} cores over one second); it waited {meta['waited']:.0f} s in all. A command "
@@ -806,12 +868,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scratch folder: {scratch}", flush=True)
     code_state = git_state(args.code)
     code_dir = snapshot_code(scratch / "code", args.code)
-    code_digest = source_digest(code_dir)
-    server = PrefectServer(scratch / "server-home")
+    code_digest = source_digest(code_dir / PACKAGE)
+    server = ServerWatch(scratch / "server-home")
+    bench = None
     finished = False
     try:
         print("starting a local Prefect server ...", flush=True)
-        server.start()
+        server.server.ensure()
         bench = Bench(scratch, server, args.temp_home, args.max_wait, args.retries, code_dir)
         check_snapshot(code_dir, bench.base_env)
         print("warm-up on the committed sample (untimed) ...", flush=True)
@@ -826,7 +889,9 @@ def main(argv: list[str] | None = None) -> int:
         server_rss = server.peak_rss_mib()
         finished = True
     finally:
-        server.stop()
+        if bench is not None:
+            bench.stop_serverless()
+        server.server.stop()
         if not finished:
             print(f"kept {scratch} (logs, artifacts) for inspection", file=sys.stderr)
         elif not args.keep:

@@ -45,6 +45,9 @@ def prefect_server(tmp_path_factory):
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         yield status
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler().flush()  # the last run logs reach the server before it stops
     if previous is None:
         os.environ.pop("PREFECT_API_URL", None)
     else:

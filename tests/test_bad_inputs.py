@@ -73,6 +73,19 @@ def bulk_negative_prices(df):
     return out
 
 
+def unquoted_separator(df) -> bytes:
+    lines = df.head(20).to_csv(index=False, sep=";").splitlines()
+    fields = lines[3].split(";")
+    fields[2] += "; SET OF 3"  # the Description of line 4 holds the separator, unquoted
+    lines[3] = ";".join(fields)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def early_days(df):
+    """Only days 1..12 of each month: a date like 03/04/2011 reads either way."""
+    return df[df["InvoiceDate"].dt.day <= 12].head(500)
+
+
 def few_customers(df):
     return df[df["CustomerID"].isin(sorted(df["CustomerID"].dropna().unique())[:6])]
 
@@ -119,6 +132,14 @@ CASES = {
                             ["ingest", "raw_invoices", "column InvoiceDate", "20 of"]),
     "folder without exports": (lambda b, d: folder_without_exports(d),
                                ["exports", "holds no"]),
+    "header in one column": (lambda b, d: write_bytes(d / "x.csv", b.head(30).to_csv(index=False, sep=" ").encode()),
+                             ["x.csv", "the header has one column", "seems to use ' ' as separator"]),
+    "unquoted separator in a description": (lambda b, d: write_bytes(d / "x.csv", unquoted_separator(b)),
+                                            ["x.csv", "line 4 has 9 fields but the header has 8",
+                                             "Description containing the separator ';' without quotes"]),
+    "ambiguous day and month": (lambda b, d: write_bytes(d / "x.csv", early_days(b).to_csv(
+        index=False, sep=";", date_format="%d/%m/%Y %H:%M").encode()),
+        ["x.csv", "column InvoiceDate", "day-first or month-first", "--date-format '%d/%m/%Y %H:%M'"]),
 }
 
 
@@ -208,3 +229,24 @@ def test_injected_corruption_stops_at_the_next_gate(stage, words, tmp_path):
     assert (run_dir / "failed" / f"{dataset}.parquet").exists()
     assert not (run_dir / f"{dataset}.parquet").exists()
     assert not list((tmp_path / "cache" / stage.name).glob("*/entry.json"))
+
+
+def test_european_excel_csv_reads_like_the_parquet(prefect_server, base, tmp_path):
+    """';' separator, decimal comma, day-first dates, a byte-order mark, Windows-1252 text and
+    another column order: read unambiguously, it gives exactly the customers of the same data."""
+    europe = base[["CustomerID", "InvoiceDate", "InvoiceNo", "StockCode", "Quantity", "UnitPrice", "Country",
+                   "Description"]].assign(Description=base["Description"].str.replace("HEART", "C\u0152UR"))
+    data = europe.to_csv(index=False, sep=";", decimal=",", date_format="%d/%m/%Y %H:%M").encode("cp1252")
+    (tmp_path / "europe.csv").write_bytes(data)
+    refused = run_cli("run", "--input", str(tmp_path / "europe.csv"), "--artifacts", str(tmp_path / "a"))
+    assert refused.returncode == 2 and "--encoding cp1252" in refused.stderr
+    done = run_cli("run", "--input", str(tmp_path / "europe.csv"), "--encoding", "cp1252",
+                   "--artifacts", str(tmp_path / "a"), "--json")
+    assert done.returncode == 0, done.stderr
+    base.to_parquet(tmp_path / "same.parquet")
+    reference = run_flow(tmp_path / "same.parquet", tmp_path / "b")
+    run_dir = json.loads(done.stdout.strip().splitlines()[-1])["run_dir"]
+    pd.testing.assert_frame_equal(pd.read_parquet(Path(run_dir) / "customer_features.parquet"),
+                                  pd.read_parquet(Path(reference.run_dir) / "customer_features.parquet"))
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + base.to_csv(index=False).encode())
+    assert run_cli("run", "--input", str(tmp_path / "bom.csv"), "--artifacts", str(tmp_path / "c")).returncode == 0

@@ -382,3 +382,24 @@ def test_a_folder_that_cannot_be_created_gives_one_actionable_paragraph(tmp_path
         ensure_api_url()
     _assert_actionable(caught.value, folder / "server.log")
     assert "PREFECT_API_URL" not in os.environ
+
+
+@pytest.mark.slow
+def test_two_first_runs_on_a_busy_machine_share_one_server_and_both_complete(home, burners, tmp_path):
+    """What a new user does: `segment run` with no server anywhere, twice at once, cores taken."""
+    sample = Path(__file__).resolve().parent.parent / "data" / "sample" / "online_retail_sample.parquet"
+    segment = Path(PYTHON).parent / "segment"
+    runs = [subprocess.Popen([str(segment), "run", "--input", str(sample), "--artifacts", str(tmp_path / f"a{i}"),
+                              "--json"], env=child_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [(run.communicate(timeout=900), run.returncode) for run in runs]
+    for (out, err), code in results:
+        assert code == 0, err[-3000:]
+        assert json.loads(out.strip().splitlines()[-1])["status"] == "completed"
+    assert len(server_pids(home)) == 1
+    state = json.loads((home / "server.json").read_text())
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(state["api_url"]) as client:
+        names = [fr.name for fr in client.read_flow_runs()]
+    assert sorted(names) == ["segmentation-2011-12", "segmentation-2011-12"]  # both are in the UI's history

@@ -56,7 +56,7 @@ def test_real_features_equal_plain_groupby(parquet_run, real_parquet):
 def test_real_xlsx_gives_the_same_segments(prefect_server, real_xlsx, parquet_run, tmp_path):
     manifest = run_flow(real_xlsx, tmp_path)
     check_known_facts(manifest)
-    xlsx_dir, parquet_dir = Path(manifest["run_dir"]), Path(parquet_run.run_dir)
+    xlsx_dir, parquet_dir = Path(manifest.run_dir), Path(parquet_run.run_dir)
     for name in ("customer_features", "cluster_labels", "segment_profiles"):
         pd.testing.assert_frame_equal(pd.read_parquet(xlsx_dir / f"{name}.parquet"),
                                       pd.read_parquet(parquet_dir / f"{name}.parquet"), check_exact=False, rtol=1e-9)

@@ -144,7 +144,7 @@ def test_deploy_registers_the_deployment_on_a_process_pool_and_a_worker_runs_it(
     with client() as c:
         deployment = c.read_deployment_by_name(f"{defaults.FLOW_NAME}/{defaults.DEPLOYMENT_NAME}")
     assert deployment.work_pool_name == "segmentation"
-    assert deployment.entrypoint == "customer_segments.flows.pipeline:segmentation"
+    assert deployment.entrypoint == "customer_segments.flows.pipeline.segmentation"  # a module path
     assert deployment.schedules[0].schedule.cron == defaults.CRON
     assert deployment.parameters == {"input_path": str(landing), "artifacts": str(tmp_path / "artifacts"),
                                      "as_of": defaults.SCHEDULED}

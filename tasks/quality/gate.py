@@ -1,21 +1,24 @@
 """The quality gate as the stage runner sees it: validate a written output, build Data Docs.
 
 Importing Great Expectations takes seconds. A command therefore starts the validator first
-thing (`start_validator`): a one-process pool whose initializer imports GX on the second core
-while the run starts up and ingests. Gates then validate there, reading the output file the
+thing (`start_validator`): a child process that imports GX on the second core while the run
+starts up and ingests. Gates then validate there, reading the output file the
 runner has just written. Without it (tests calling the runner directly, or a stage running on a
 Dask worker) validation runs in-process. Nothing here imports pandas or GX at import time.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import threading
 from collections.abc import Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,9 +48,9 @@ def check(dataset: str, path: Path, facts: Mapping[str, Any], frame: pd.DataFram
     ``frame`` is the same data already in memory, used when validation runs in this process.
     """
     parameters = {k: v for k, v in facts.items() if v is not None}
-    pool = _pool()
-    if pool is not None:
-        return pool.submit(_validate_file, dataset, str(path), parameters).result()
+    worker = _validator()
+    if worker is not None:
+        return worker.call("validate", dataset, str(path), parameters)
     return _validate(dataset, frame if frame is not None else storage.read_parquet(path), parameters)
 
 
@@ -68,9 +71,9 @@ def build_docs(validation_dir: Path, cache_dir: Path) -> Path | None:
     if not (cached / ".complete").exists():
         building = cached.with_name(f".{cached.name}.{os.getpid()}")
         shutil.rmtree(building, ignore_errors=True)
-        pool = _pool()
+        worker = _validator()
         args = ([str(p) for p in reports], str(building))
-        pool.submit(_docs, *args).result() if pool is not None else _docs(*args)
+        worker.call("docs", *args) if worker is not None else _docs(*args)
         (building / ".complete").touch()
         shutil.rmtree(cached, ignore_errors=True)
         building.rename(cached)
@@ -102,7 +105,7 @@ def _docs(report_paths: list[str], out_dir: str) -> str:
 
 
 def _warm_up() -> None:
-    """The validator's initializer: import GX and build its context before the first gate."""
+    """Import GX and build its context before the first gate asks."""
     from customer_segments.tasks.quality.validation import gx_state
 
     gx_state()
@@ -110,42 +113,81 @@ def _warm_up() -> None:
 
 # --- the validator process ----------------------------------------------------------------------
 
-_executor: ProcessPoolExecutor | None = None
-_ready: Future | None = None  # done once the validator has imported GX
+
+def serve(fd: int) -> None:
+    """The validator process: import GX once, then answer requests until the parent goes away."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    _warm_up()
+    handlers = {"validate": _validate_file, "docs": _docs}
+    while True:
+        try:
+            kind, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(("ok", handlers[kind](*args)))
+        except Exception as exc:  # handed back to the caller, who raises it
+            conn.send(("error", exc))
+
+
+class _Validator:
+    """A child Python process answering pickled requests over a socket pair.
+
+    A plain `python -c` child rather than a multiprocessing pool: 'spawn' re-runs the caller's
+    main script in the child (a user's script without a main guard would start itself again),
+    'fork' is unsafe once Prefect's threads run, and a pool's worker must be joined at exit
+    (0.8 s measured). This child reads end-of-file when the parent exits and ends by itself.
+    """
+
+    def __init__(self):
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"import sys; from {__name__} import serve; serve(int(sys.argv[1]))",
+             str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def call(self, kind: str, *args):
+        with self.lock:
+            self.conn.send((kind, args))
+            status, value = self.conn.recv()
+        if status == "error":
+            raise value
+        return value
+
+    def stop(self) -> None:
+        self.conn.close()
+
+
+_worker: _Validator | None = None
 
 
 def start_validator() -> None:
-    """Start the validator now, so that GX is imported by the time the first gate needs it.
-
-    'spawn' rather than fork: the parent may already run threads (Prefect's), which a forked
-    child would inherit in an undefined state.
-    """
-    global _executor, _ready
-    if _executor is None:
-        _executor = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_warm_up,
-        )
-        _ready = _executor.submit(int)  # a pool starts its process on the first submission
+    """Start the validator now, so that GX is imported by the time the first gate needs it."""
+    global _worker
+    if _worker is None or not _worker.alive():
+        _worker = _Validator()
+        atexit.register(stop_validator)
 
 
 def stop_validator() -> None:
-    """Stop the validator without waiting for Great Expectations' import to finish.
-
-    An idle validator is told to exit (it holds its queue's lock while it waits, so killing it
-    would leave that lock to the resource tracker); one still importing GX is terminated.
-    """
-    global _executor, _ready
-    if _executor is None:
-        return
-    if _ready is not None and not _ready.done():
-        for process in list((getattr(_executor, "_processes", None) or {}).values()):
-            process.terminate()
-    _executor.shutdown(wait=True, cancel_futures=True)
-    _executor = _ready = None
+    """Let the validator go: it sees end-of-file and exits by itself; nobody waits for it."""
+    global _worker
+    if _worker is not None:
+        _worker.stop()
+        _worker = None
 
 
-def _pool() -> ProcessPoolExecutor | None:
-    global _executor
-    if _executor is not None and getattr(_executor, "_broken", False):
-        _executor = None  # the process died (killed, out of memory): validate in this process
-    return _executor
+def _validator() -> _Validator | None:
+    """The validator when it runs; None (validate in this process) when it was never started or died."""
+    return _worker if _worker is not None and _worker.alive() else None
