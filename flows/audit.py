@@ -34,17 +34,54 @@ def stage_line(result: StageResult, upstream: Sequence[StageResult]) -> str:
 
 
 def manifest_history(artifacts: Path) -> list[dict[str, Any]]:
-    """Past runs from their manifests, oldest first."""
-    return [{
-        "month": m.as_of,
-        "run_id": m.run_id,
-        "status": m.status,
-        "k": m.k,
-        "customers": m.customers,
-        "input": m.input.sha256[:12],
-        "seconds": m.seconds,
-        "run_dir": m.run_dir,
-    } for m in runs.manifests(artifacts)]
+    """Past runs from their manifests by month, with their segments by id and their lineage."""
+    rows = []
+    for m in sorted(runs.manifests(artifacts), key=lambda m: (m.as_of or "", m.run_id)):
+        sizes = m.metric("cluster", "segment_sizes") or {}
+        rows.append({
+            "month": m.as_of,
+            "run_id": m.run_id,
+            "status": m.status,
+            "window": m.window if m.window is not None else "all",
+            "k": m.k,
+            "customers": m.customers,
+            "segments": " ".join(f"{sid}:{n:,}" for sid, n in sizes.items()),
+            "movers": m.metric("migration", "movers"),
+            "lineage": lineage_note(artifacts, m),
+            "input": m.input.sha256[:12],
+            "seconds": m.seconds,
+            "run_dir": m.run_dir,
+        })
+    return rows
+
+
+def lineage_note(artifacts: Path, manifest: Manifest) -> str:
+    """Whose ids a run continues, and whether the previous month has been rerun since ("stale")."""
+    if manifest.status != "completed" or manifest.as_of is None or "cluster" not in manifest.stages:
+        return ""
+    recorded = (manifest.previous or {}).get("run_id")
+    now = runs.previous_run(artifacts, manifest.as_of, manifest.parameters)
+    current = now.run_id if now is not None else None
+    if recorded == current:
+        return f"follows {recorded}" if recorded else "first"
+    # Never rewritten silently: the run keeps its ids, and says how to follow the newer month.
+    return f"stale: {now.as_of if now else 'the previous month'} has run {current} since; backfill from {manifest.as_of}"
+
+
+def compare(artifacts: Path, run_a: str, run_b: str) -> list[dict[str, Any]]:
+    """The migration between any two runs' segments (run_a before, run_b after)."""
+    import pandas as pd
+
+    from customer_segments.tasks.migration import migration
+
+    def labels(run_id: str) -> pd.DataFrame:
+        frame = pd.read_parquet(runs.find_run(artifacts, run_id) / "cluster_labels.parquet")
+        if "segment_id" not in frame:  # a run made before segment ids existed
+            frame["segment_id"] = "segment " + frame["segment"].astype("str")
+        return frame
+
+    table, _ = migration(labels(run_b), labels(run_a))
+    return table.round({"revenue_before": 2, "revenue_after": 2}).to_dict(orient="records")
 
 
 def prefect_history(limit: int = 50) -> list[dict[str, Any]]:

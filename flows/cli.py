@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -36,7 +37,18 @@ VerboseOption = Annotated[bool, typer.Option("--verbose", help="Show Prefect's r
 RefreshOption = Annotated[bool, typer.Option("--refresh", help="Recompute every stage, ignoring cached outputs.")]
 FromStageOption = Annotated[Optional[str], typer.Option(
     "--from-stage", help="Recompute this stage and all after it: ingest, clean, features, normalize, select_k, "
-                         "cluster, profile, plots.")]
+                         "cluster, stability, profile, migration, plots.")]
+WindowOption = Annotated[Optional[int], typer.Option(
+    "--window", min=1, help="Trailing window: features from the invoices of the N months before the cutoff. "
+                            "Default: all history before the cutoff.")]
+EncodingOption = Annotated[Optional[str], typer.Option(
+    "--encoding", help="Text encoding of CSV input, e.g. cp1252 (default UTF-8, with or without BOM).")]
+DateFormatOption = Annotated[Optional[str], typer.Option(
+    "--date-format", help="strftime format of CSV dates when they are ambiguous, e.g. '%d/%m/%Y %H:%M'.")]
+KMinOption = Annotated[int, typer.Option("--k-min", help="Smallest k scored by silhouette.")]
+KMaxOption = Annotated[int, typer.Option("--k-max", help="Largest k scored by silhouette.")]
+KOption = Annotated[Optional[int], typer.Option("--k", help="Number of segments; default: best silhouette.")]
+InputOption = Annotated[Path, typer.Option("--input", help="Invoice export: .xlsx, .csv, .parquet or a folder of them.")]
 LandingOption = Annotated[Path, typer.Option("--landing", help="File or folder of exports that scheduled runs read.")]
 CronOption = Annotated[str, typer.Option("--cron", help="When to run (cron, in --timezone).")]
 TimezoneOption = Annotated[str, typer.Option("--timezone", help="IANA time zone of the cron schedule.")]
@@ -44,13 +56,14 @@ TimezoneOption = Annotated[str, typer.Option("--timezone", help="IANA time zone 
 
 @app.command()
 def run(
-    input: Annotated[Path, typer.Option("--input", help="Invoice export: .xlsx, .csv, .parquet or a folder of them.")] = Path(defaults.INPUT_PATH),
+    input: InputOption = Path(defaults.INPUT_PATH),
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Month to segment up to (YYYY-MM); invoices before its first day are used. Default: the newest invoice's month.")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", help="Number of segments; default: best silhouette.")] = None,
-    k_min: Annotated[int, typer.Option("--k-min", help="Smallest k scored by silhouette.")] = defaults.K_MIN,
-    k_max: Annotated[int, typer.Option("--k-max", help="Largest k scored by silhouette.")] = defaults.K_MAX,
-    encoding: Annotated[Optional[str], typer.Option("--encoding", help="Text encoding of CSV input, e.g. cp1252 (default UTF-8, with or without BOM).")] = None,
-    date_format: Annotated[Optional[str], typer.Option("--date-format", help="strftime format of CSV dates when they are ambiguous, e.g. '%d/%m/%Y %H:%M'.")] = None,
+    window: WindowOption = None,
+    k: KOption = None,
+    k_min: KMinOption = defaults.K_MIN,
+    k_max: KMaxOption = defaults.K_MAX,
+    encoding: EncodingOption = None,
+    date_format: DateFormatOption = None,
     artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
     refresh: RefreshOption = False,
     from_stage: FromStageOption = None,
@@ -61,9 +74,91 @@ def run(
 
     Stages whose inputs, parameters and code are unchanged reuse their verified cached outputs.
     """
-    parameters = dict(input_path=str(input), as_of=as_of, k=k, k_min=k_min, k_max=k_max, encoding=encoding,
-                      date_format=date_format, artifacts=str(artifacts), refresh=refresh, from_stage=from_stage)
+    parameters = dict(input_path=str(input), as_of=as_of, window=window, k=k, k_min=k_min, k_max=k_max,
+                      encoding=encoding, date_format=date_format, artifacts=str(artifacts), refresh=refresh,
+                      from_stage=from_stage)
     _run_flow(parameters, json_out, verbose)
+
+
+@app.command()
+def backfill(
+    input: InputOption = Path(defaults.INPUT_PATH),
+    start: Annotated[str, typer.Option("--from", help="First month to segment (YYYY-MM).")] = ...,
+    end: Annotated[str, typer.Option("--to", help="Last month to segment (YYYY-MM).")] = ...,
+    window: WindowOption = None,
+    k: KOption = None,
+    k_min: KMinOption = defaults.K_MIN,
+    k_max: KMaxOption = defaults.K_MAX,
+    encoding: EncodingOption = None,
+    date_format: DateFormatOption = None,
+    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON line per month, then a summary line.")] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Segment every month from --from to --to in order, so that segment ids carry from month to month.
+
+    Months that already have an equivalent completed run are kept; rerunning the same command
+    therefore only runs what is missing or out of date.
+    """
+    from customer_segments.tasks.quality import gate
+
+    gate.start_validator()
+    try:
+        _connect()
+        from customer_segments.flows.pipeline import backfill as backfill_flow
+        from customer_segments.tasks.errors import PipelineError
+
+        _quiet_console(verbose)
+        started = time.monotonic()
+        try:
+            done = backfill_flow(input_path=str(input), start=start, end=end, window=window, k=k, k_min=k_min,
+                                 k_max=k_max, encoding=encoding, date_format=date_format, artifacts=str(artifacts))
+            error = None
+        except Exception as exc:
+            if verbose:
+                import traceback
+
+                traceback.print_exc()
+            done, error = getattr(exc, "done", []), exc
+        for manifest, reused in done:
+            typer.echo(json.dumps(manifest.summary() | {"reused": reused}) if json_out else
+                       f"{manifest.as_of}: run {manifest.run_id} {'kept' if reused else manifest.status}, "
+                       f"k={manifest.k}, {_sizes_text(manifest)}, movers {manifest.metric('migration', 'movers')}")
+        failed = getattr(error, "manifest", None)
+        if error is not None and json_out and failed is not None:
+            typer.echo(json.dumps(failed.summary() | {"reused": False, "error": str(error)}))
+        summary = {"backfill": "failed" if error else "completed", "from": start, "to": end, "window": window,
+                   "months": len(done) + (1 if failed is not None else 0), "computed": sum(not r for _, r in done),
+                   "reused": sum(r for _, r in done), "seconds": round(time.monotonic() - started, 1)}
+        if json_out:
+            typer.echo(json.dumps(summary))
+        if error is not None:
+            message = str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
+            typer.echo(f"Error: {message}", err=True)
+            raise typer.Exit(error.exit_code if isinstance(error, PipelineError) else 1)
+        if not json_out:
+            typer.echo(f"Backfill {start}..{end}: {summary['computed']} month(s) run, {summary['reused']} kept, "
+                       f"{summary['seconds']} s.")
+    finally:
+        gate.stop_validator()
+
+
+@app.command()
+def compare(
+    run_a: Annotated[str, typer.Argument(help="The earlier run id.")],
+    run_b: Annotated[str, typer.Argument(help="The later run id.")],
+    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per row instead of a table.")] = False,
+) -> None:
+    """Print how customers moved between the segments of any two runs."""
+    from customer_segments.flows import audit
+
+    rows = audit.compare(artifacts, run_a, run_b)
+    if json_out:
+        for row in rows:
+            typer.echo(json.dumps(row))
+    else:
+        typer.echo(audit.format_table(rows))
 
 
 @app.command()
@@ -204,6 +299,11 @@ def _quiet_console(verbose: bool) -> None:
             handler.addFilter(_ConsoleFilter(verbose))
 
 
+def _sizes_text(manifest) -> str:
+    sizes = manifest.metric("cluster", "segment_sizes") or {}
+    return " ".join(f"{sid}:{n:,}" for sid, n in sizes.items())
+
+
 def _run_flow(parameters: dict, json_out: bool, verbose: bool) -> None:
     """Run the flow and end the command the same way for run and resume: summary, JSON, exit code."""
     from customer_segments.tasks.quality import gate
@@ -248,13 +348,19 @@ def _finish(call, json_out: bool, verbose: bool) -> None:
 
 
 def summary_text(manifest) -> str:
+    window = f"the {manifest.window} months before" if manifest.window else "all invoices before"
     lines = [
-        f"Run {manifest.run_id} {manifest.status}: as-of {manifest.as_of}, "
+        f"Run {manifest.run_id} {manifest.status}: as-of {manifest.as_of} ({window} {(manifest.cutoff or '')[:10]}), "
         f"{manifest.rows_clean or 0:,} of {manifest.metric('clean', 'rows_in', 0):,} invoice lines kept, "
         f"{manifest.customers or 0:,} customers, k={manifest.k} (silhouette {manifest.silhouette}).",
     ]
+    repeated = manifest.metric("ingest", "repeated_across_files", 0)
+    if manifest.metric("ingest", "files", 1) > 1:
+        lines.append(f"  read {manifest.metric('ingest', 'files')} files: {repeated:,} lines repeated across files "
+                     "counted once")
     for rule, n in manifest.rows_dropped.items():
-        lines.append(f"  dropped {n:>9,} rows: {rule.replace('_', ' ')}")
+        if n or rule != "before_window":
+            lines.append(f"  dropped {n:>9,} rows: {rule.replace('_', ' ')}")
     gates = manifest.gates()
     if gates:
         warnings = manifest.warnings()
@@ -266,12 +372,21 @@ def summary_text(manifest) -> str:
         import pandas as pd
 
         table = pd.read_parquet(profiles)
-        for row in table.itertuples():
+        for row in table.to_dict(orient="records"):
+            lineage = f" [{row['segment_id']}, {row['transition']}" + (
+                f" from {row['came_from']}" if row.get("came_from") and row["transition"] != "survived" else "") + (
+                f", {row['stability_reading']} {row['stability']:.2f}]" if "stability" in row else "]") \
+                if "segment_id" in row else ""
             lines.append(
-                f"  segment {row.segment}: {row.segment_name:<36} {row.size:>7,} customers ({row.share:.0%}), "
-                f"mean sales {row.mean_TotalSales:,.0f}, orders {row.mean_OrderCount:.1f}, "
-                f"order value {row.mean_AvgOrderValue:,.0f}"
+                f"  segment {row['segment']}: {row['segment_name']:<36} {row['size']:>7,} customers ({row['share']:.0%}), "
+                f"mean sales {row['mean_TotalSales']:,.0f}, orders {row['mean_OrderCount']:.1f}, "
+                f"order value {row['mean_AvgOrderValue']:,.0f}{lineage}"
             )
+    if manifest.previous:
+        lines.append(f"  since {manifest.previous['as_of']} (run {manifest.previous['run_id']}): "
+                     f"{manifest.metric('migration', 'movers', 0):,} customers changed segment, "
+                     f"{manifest.metric('migration', 'new_customers', 0):,} new, "
+                     f"{manifest.metric('migration', 'lapsed_customers', 0):,} lapsed")
     lines.append(f"Results: {manifest.run_dir}")
     return "\n".join(lines)
 

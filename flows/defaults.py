@@ -6,6 +6,7 @@ Free of heavy imports: the command line reads them before Prefect is loaded.
 from customer_segments.tasks.defaults import K_MAX, K_MIN
 
 FLOW_NAME = "customer-segmentation"
+BACKFILL_FLOW_NAME = "customer-segmentation-backfill"
 # Where exports land month after month, and where run folders go (relative to the working folder).
 INPUT_PATH = "data/incoming"
 ARTIFACTS = "artifacts"
@@ -19,5 +20,5 @@ TIMEZONE = "UTC"
 # The as-of value a scheduled run passes: the month of the run's scheduled start.
 SCHEDULED = "scheduled"
 
-__all__ = ["ARTIFACTS", "CRON", "DEPLOYMENT_DESCRIPTION", "DEPLOYMENT_NAME", "DEPLOYMENT_TAGS", "FLOW_NAME",
+__all__ = ["ARTIFACTS", "BACKFILL_FLOW_NAME", "CRON", "DEPLOYMENT_DESCRIPTION", "DEPLOYMENT_NAME", "DEPLOYMENT_TAGS", "FLOW_NAME",
            "INPUT_PATH", "K_MAX", "K_MIN", "SCHEDULED", "TIMEZONE"]

@@ -25,11 +25,11 @@ from prefect.states import Completed  # noqa: E402
 from customer_segments.flows import audit, defaults  # noqa: E402
 from customer_segments.tasks import runs  # noqa: E402
 from customer_segments.tasks.errors import ParameterError, PipelineError  # noqa: E402
-from customer_segments.tasks.manifest import Manifest, RunContext, StageResult  # noqa: E402
+from customer_segments.tasks.manifest import Manifest, RunContext, StageRecord, StageResult  # noqa: E402
 from customer_segments.tasks.quality import gate  # noqa: E402
 from customer_segments.tasks.runner import Stage, run_stage  # noqa: E402
 from customer_segments.tasks.stages import (  # noqa: E402
-    CLEAN, CLUSTER, FEATURES, INGEST, NORMALIZE, PLOTS, PROFILE, SELECT_K, STAGE_NAMES, STAGES,
+    CLEAN, CLUSTER, FEATURES, INGEST, MIGRATION, NORMALIZE, PLOTS, PROFILE, SELECT_K, STABILITY, STAGE_NAMES, STAGES,
 )
 
 
@@ -75,6 +75,25 @@ def open_run(context: RunContext, ingested: StageResult) -> RunContext:
     return opened
 
 
+@task(name="previous_run", cache_policy=NO_CACHE, persist_result=False)
+def previous_run(context: RunContext) -> StageResult:
+    """Last month's run of the same series, whose segments this month's ids continue."""
+    found = runs.previous_run(context.artifacts_dir, context.params["as_of"], context.params)
+    if found is None:
+        get_run_logger().info("No run of this series for the month before %s: segment ids start anew.",
+                              context.params["as_of"])
+        return StageResult(stage="previous_run", record=StageRecord(status="completed"), facts={"previous_customers": 0})
+    cluster = found.stages["cluster"]
+    outputs = {"previous_labels": cluster.outputs["cluster_labels"].model_copy(update={"name": "previous_labels"}),
+               "previous_lineage": cluster.outputs["segment_lineage"].model_copy(update={"name": "previous_lineage"})}
+    facts = {"previous_run_id": found.run_id, "previous_as_of": found.as_of, "previous_run_dir": found.run_dir,
+             "previous_customers": found.customers}
+    get_run_logger().info("Segment ids continue those of run %s (%s, %s customers).", found.run_id, found.as_of,
+                          f"{found.customers:,}")
+    return StageResult(stage="previous_run", record=StageRecord(status="completed", outputs=outputs, metrics=facts),
+                       facts=facts)
+
+
 class Pipeline:
     """Submits stage tasks in order and records each outcome in the run's manifest."""
 
@@ -96,6 +115,11 @@ class Pipeline:
         self.context = open_run.submit(self.context, ingested)
         self.ledger.opened(self.context.result())
 
+    def previous(self) -> PrefectFuture:
+        future = previous_run.submit(self.context)
+        self.ledger.previous(future.result())
+        return future
+
 
 def initial_flow_run_name() -> str:
     """The month is known at start only when given; otherwise the run is renamed after ingest."""
@@ -110,21 +134,24 @@ def segmentation(
     k: int | None = None,
     k_min: int = defaults.K_MIN,
     k_max: int = defaults.K_MAX,
+    window: int | None = None,
     encoding: str | None = None,
     date_format: str | None = None,
     artifacts: str = defaults.ARTIFACTS,
     refresh: bool = False,
     from_stage: str | None = None,
     run_id: str | None = None,
+    input_sha256: str | None = None,
 ) -> Manifest:
     """Segment customers from invoice lines; returns the run's manifest.
 
     With run_id, the other parameters come from that run's manifest and the run is completed in
-    its own folder (resume). A retry of the same flow run does the same.
+    its own folder (resume). A retry of the same flow run does the same. input_sha256 spares
+    hashing the input again when the caller just did (a backfill's months).
     """
     gate.start_validator()  # imports Great Expectations on the other core meanwhile
-    context, ledger = prepare_run(input_path, as_of, k, k_min, k_max, encoding, date_format, artifacts,
-                                  refresh, from_stage, run_id)
+    context, ledger = prepare_run(input_path, as_of, k, k_min, k_max, window, encoding, date_format, artifacts,
+                                  refresh, from_stage, run_id, input_sha256)
     pipeline = Pipeline(context, ledger)
     try:
         raw = pipeline.run(INGEST)
@@ -133,9 +160,12 @@ def segmentation(
         features = pipeline.run(FEATURES, clean)
         normalized = pipeline.run(NORMALIZE, features)
         k_table = pipeline.run(SELECT_K, normalized)
-        labels = pipeline.run(CLUSTER, features, normalized, k_table)
-        pipeline.run(PROFILE, labels, clean)
-        pipeline.run(PLOTS, k_table, labels)
+        previous = pipeline.previous()
+        labels = pipeline.run(CLUSTER, features, normalized, k_table, previous)
+        stability = pipeline.run(STABILITY, normalized, labels, k_table)
+        pipeline.run(PROFILE, labels, clean, stability)
+        migration = pipeline.run(MIGRATION, labels, previous)
+        pipeline.run(PLOTS, k_table, labels, migration)
         manifest = ledger.finish("completed")
     except BaseException as exc:
         # The caller (CLI, tests) gets the run's state along with the error.
@@ -144,6 +174,49 @@ def segmentation(
     audit.publish(manifest)
     get_run_logger().info("Run %s completed: %s", manifest.run_id, manifest.run_dir)
     return manifest
+
+
+@flow(name=defaults.BACKFILL_FLOW_NAME, flow_run_name="backfill-{start}..{end}", persist_result=False,
+      validate_parameters=True)
+def backfill(
+    input_path: str,
+    start: str,
+    end: str,
+    window: int | None = None,
+    k: int | None = None,
+    k_min: int = defaults.K_MIN,
+    k_max: int = defaults.K_MAX,
+    encoding: str | None = None,
+    date_format: str | None = None,
+    artifacts: str = defaults.ARTIFACTS,
+) -> list[tuple[Manifest, bool]]:
+    """One segmentation per month from start to end (YYYY-MM), in order: month t's ids need t-1's.
+
+    Each month is a child flow run named segmentation-YYYY-MM. A month that already has an
+    equivalent completed run (same input, parameters and code, continuing the ids of the previous
+    month's current run) is kept, not run again. Returns (manifest, reused) per month; a failed
+    month stops the backfill, its error carrying the months done so far as `done`.
+    """
+    months = runs.month_range(start, end)
+    info = runs.input_fingerprint(Path(input_path))  # once for all months; each ingest is cached
+    params = {"window": window, "k": k, "k_min": k_min, "k_max": k_max, "encoding": encoding,
+              "date_format": date_format}
+    logger = get_run_logger()
+    done: list[tuple[Manifest, bool]] = []
+    for month in months:
+        kept = runs.reusable_run(Path(artifacts), month, params, info.sha256)
+        if kept is not None:
+            logger.info("%s: kept run %s (same input, parameters, code and previous month)", month, kept.run_id)
+            done.append((kept, True))
+            continue
+        try:
+            manifest = segmentation(input_path=str(input_path), as_of=month, artifacts=artifacts,
+                                    input_sha256=info.sha256, **params)
+        except BaseException as exc:
+            exc.done = done
+            raise
+        done.append((manifest, False))
+    return done
 
 
 def label_flow_run(context: RunContext) -> None:
@@ -159,11 +232,13 @@ def label_flow_run(context: RunContext) -> None:
 
 
 def run_tags(context: RunContext) -> list[str]:
-    return [f"as-of:{context.params['as_of']}", f"input:{context.params['input_sha256'][:12]}"]
+    window = context.params.get("window")
+    return [f"as-of:{context.params['as_of']}", f"input:{context.params['input_sha256'][:12]}",
+            f"window:{window if window is not None else 'all'}"]
 
 
-def prepare_run(input_path, as_of, k, k_min, k_max, encoding, date_format, artifacts, refresh, from_stage,
-                run_id) -> tuple[RunContext, runs.RunLedger]:
+def prepare_run(input_path, as_of, k, k_min, k_max, window, encoding, date_format, artifacts, refresh, from_stage,
+                run_id, input_sha256=None) -> tuple[RunContext, runs.RunLedger]:
     artifacts_dir = Path(artifacts)
     to_refresh = stages_to_refresh(refresh, from_stage)
     earlier = runs.find_run(artifacts_dir, run_id) if run_id else runs.find_flow_run(artifacts_dir, flow_run.get_id())
@@ -172,9 +247,12 @@ def prepare_run(input_path, as_of, k, k_min, k_max, encoding, date_format, artif
     if as_of == defaults.SCHEDULED:
         as_of = scheduled_month()
     runs.parse_month(as_of)
+    if window is not None and window < 1:
+        raise ParameterError("clean", f"--window must be a number of months of at least 1, got {window}")
     params = {"input_path": str(input_path), "as_of": as_of, "k": k, "k_min": k_min, "k_max": k_max,
-              "encoding": encoding, "date_format": date_format}
-    return runs.start(artifacts_dir, params, flow_run_id=flow_run.get_id(), refresh=to_refresh)
+              "window": window, "encoding": encoding, "date_format": date_format}
+    return runs.start(artifacts_dir, params, flow_run_id=flow_run.get_id(), refresh=to_refresh,
+                      input_sha256=input_sha256)
 
 
 def scheduled_month() -> str:

@@ -6,16 +6,20 @@ import numpy as np
 import pandas as pd
 
 from customer_segments.tasks.features import FEATURES
+from customer_segments.tasks.identity import assign_ids
 from customer_segments.tasks.select_k import chosen_k, fit_kmeans
 
 NORMALIZED = tuple(f"{f}_norm" for f in FEATURES)
 
 
-def cluster_labels(features: pd.DataFrame, normalized: pd.DataFrame, k_selection: pd.DataFrame) -> pd.DataFrame:
-    """One row per customer: raw and normalized features, segment id and segment name.
+def cluster_labels(features: pd.DataFrame, normalized: pd.DataFrame, k_selection: pd.DataFrame,
+                   previous_labels: pd.DataFrame | None = None,
+                   previous_lineage: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per customer (raw and normalized features, segment, its name and id), and the lineage.
 
     k-means numbers clusters arbitrarily; segments are renumbered by total sales, highest
-    first, so segment 0 is always the most valuable whatever the random start.
+    first, so segment 0 is always the most valuable whatever the random start. The segment_id
+    is matched to the previous month's segments (see identity.py), which gives the lineage table.
     """
     k = chosen_k(k_selection)
     points = normalized[list(FEATURES)].to_numpy()
@@ -33,7 +37,21 @@ def cluster_labels(features: pd.DataFrame, normalized: pd.DataFrame, k_selection
     centers = labels.groupby("segment")[list(NORMALIZED)].mean()
     centers.columns = list(FEATURES)
     labels["segment_name"] = segment_names(centers).reindex(segment).to_numpy()
-    return labels
+    ids, lineage = assign_ids(labels, previous_labels, previous_lineage)
+    labels["segment_id"] = ids.reindex(segment).to_numpy()
+    return labels, lineage
+
+
+def cluster_metrics(frames, params) -> dict:
+    """Segment sizes by id, and how this month's segments relate to last month's."""
+    labels, lineage = frames["cluster_labels"], frames["segment_lineage"]
+    sizes = labels["segment_id"].value_counts()
+    current = lineage[lineage["segment"].notna()]
+    return {
+        "segment_sizes": {sid: int(sizes[sid]) for sid in current["segment_id"]},
+        "transitions": dict(zip(lineage["segment_id"], lineage["transition"])),
+        "issued_up_to": int(lineage["issued_up_to"].max()),
+    }
 
 
 def segment_names(centers: pd.DataFrame) -> pd.Series:

@@ -121,6 +121,8 @@ class Manifest(BaseModel):
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     run_dir: str | None = None
     data_docs: str | None = None
+    # The previous month's run whose segments this run's ids continue (None: a series' first month).
+    previous: dict[str, Any] | None = None
     resumed: list[dict[str, Any]] = Field(default_factory=list)
     error: str | None = None
 
@@ -133,6 +135,10 @@ class Manifest(BaseModel):
     @property
     def k(self) -> int | None:
         return self.metric("select_k", "k")
+
+    @property
+    def window(self) -> int | None:
+        return self.parameters.get("window")
 
     @property
     def silhouette(self) -> float | None:
@@ -179,12 +185,16 @@ class Manifest(BaseModel):
             "run_id": self.run_id,
             "run_dir": self.run_dir,
             "as_of": self.as_of,
+            "window": self.window,
             "status": self.status,
             "k": self.k,
             "silhouette": self.silhouette,
             "customers": self.customers,
             "rows_clean": self.rows_clean,
             "input_sha256": self.input.sha256,
+            "previous_run_id": (self.previous or {}).get("run_id"),
+            "segment_sizes": self.metric("cluster", "segment_sizes"),
+            "movers": self.metric("migration", "movers"),
             "flow_run_id": self.last_flow_run_id,
         }
 

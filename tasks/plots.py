@@ -74,9 +74,44 @@ def scatter_plot(labels: pd.DataFrame, x: str, y: str):
     return fig
 
 
-def segment_plots(k_selection: pd.DataFrame, labels: pd.DataFrame) -> dict:
-    """All plots of a run, by file stem."""
+def migration_heatmap(migration: pd.DataFrame):
+    """Customers from last month's segments (rows) to this month's (columns), with row shares."""
+    import numpy as np
+
+    matrix = migration.pivot_table(index="from_segment_id", columns="to_segment_id", values="customers",
+                                   aggfunc="sum", fill_value=0)
+    rows = sorted((r for r in matrix.index if r != "new"), key=_id_order) + (["new"] if "new" in matrix.index else [])
+    cols = sorted((c for c in matrix.columns if c != "lapsed"), key=_id_order) + (
+        ["lapsed"] if "lapsed" in matrix.columns else [])
+    matrix = matrix.reindex(index=rows, columns=cols, fill_value=0)
+    shares = matrix.div(matrix.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
+    fig = _figure()
+    ax = fig.subplots()
+    image = ax.imshow(shares.to_numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            share = shares.iat[i, j]
+            ax.text(j, i, f"{matrix.iat[i, j]:,}\n{share:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if share > 0.6 else "black")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("This month's segment")
+    ax.set_ylabel("Last month's segment")
+    ax.set_title("Where customers moved since last month (count and share of the row)")
+    fig.colorbar(image, ax=ax, label="share of last month's segment")
+    return fig
+
+
+def _id_order(segment_id: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in segment_id if ch.isdigit())
+    return (int(digits) if digits else 0, segment_id)
+
+
+def segment_plots(k_selection: pd.DataFrame, labels: pd.DataFrame, migration: pd.DataFrame | None = None) -> dict:
+    """All plots of a run, by file stem; the migration heatmap when there is a previous month."""
     figures = {"elbow": elbow_plot(k_selection), "silhouette": silhouette_plot(k_selection)}
     for stem, (x, y) in SCATTERS.items():
         figures[stem] = scatter_plot(labels, x, y)
+    if migration is not None and (migration["from_segment_id"] != "new").any():
+        figures["segment_migration"] = migration_heatmap(migration)
     return figures

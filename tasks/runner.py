@@ -51,6 +51,9 @@ class Stage:
     transform: Callable[..., Any]
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    # Inputs the stage can do without (e.g. last month's labels in a series' first month): the
+    # transform then gets None for them.
+    optional: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
     # Parameters that decide the result; defaults to `params`. Ingest keys on the input's hash,
     # not its path, so a moved file is still recognised.
@@ -98,7 +101,7 @@ def cache_key(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef
         "code": stage.code_version,
         "suites": {d: code_version.suite_digest(d) for d in stage.outputs},
         "params": {p: context.params.get(p) for p in names},
-        "inputs": {d: inputs[d].sha256 for d in stage.inputs},
+        "inputs": {d: inputs[d].sha256 if d in inputs else None for d in stage.inputs},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -129,16 +132,16 @@ def run_stage(stage: Stage, context: RunContext, upstream: Sequence[StageResult]
 
 def _input_refs(stage: Stage, upstream: Sequence[StageResult]) -> dict[str, DatasetRef]:
     available = {name: ref for result in upstream for name, ref in result.record.outputs.items()}
-    missing = [d for d in stage.inputs if d not in available]
+    missing = [d for d in stage.inputs if d not in available and d not in stage.optional]
     if missing:
         raise ValueError(f"stage {stage.name} needs {', '.join(missing)}, which no upstream stage produced")
-    return {d: available[d] for d in stage.inputs}
+    return {d: available[d] for d in stage.inputs if d in available}
 
 
 def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef], facts: dict[str, Any],
              entry_dir: Path, key: str) -> dict[str, Any]:
     _injected_fault(stage.name, "fail")
-    frames = {d: load_frame(ref, context.artifacts_dir) for d, ref in inputs.items()}
+    frames = {d: load_frame(inputs[d], context.artifacts_dir) if d in inputs else None for d in stage.inputs}
     params = {p: context.params.get(p) for p in stage.params}
     result = stage.transform(*frames.values(), **params)
 

@@ -29,7 +29,9 @@ LATEST = "latest"
 PACKAGES = ("customer-segments", "prefect", "great-expectations", "pandas", "pyarrow", "numpy",
             "scikit-learn", "matplotlib", "kneed", "python-calamine")
 # Parameters a run is defined by (besides its input); resume restores them from the manifest.
-RUN_PARAMETERS = ("as_of", "k", "k_min", "k_max", "encoding", "date_format")
+RUN_PARAMETERS = ("as_of", "window", "k", "k_min", "k_max", "encoding", "date_format")
+# What makes two months' runs one series: their segment ids are matched only within it.
+SERIES_PARAMETERS = ("window", "k", "k_min", "k_max")
 
 
 def input_fingerprint(path: Path) -> InputInfo:
@@ -52,6 +54,16 @@ def parse_month(value: str | None, option: str = "--as-of"):
         return pd.Period(str(value)[:7], freq="M")
     except (ValueError, TypeError):
         raise ParameterError("ingest", f"{option} must be a month as YYYY-MM, got {value!r}") from None
+
+
+def month_range(start: str, end: str) -> list[str]:
+    """The months from start to end inclusive, as YYYY-MM."""
+    import pandas as pd
+
+    first, last = parse_month(start, "--from"), parse_month(end, "--to")
+    if first is None or last is None or last < first:
+        raise ParameterError("backfill", f"--from ({start}) and --to ({end}) must be months with --from <= --to")
+    return [str(p) for p in pd.period_range(first, last, freq="M")]
 
 
 def new_run_id(flow_run_id: str | None, now: datetime | None = None) -> str:
@@ -118,6 +130,13 @@ class RunLedger:
                               for name, ref in ingest.outputs.items()}
         self.save()
 
+    def previous(self, result: StageResult) -> None:
+        """Record which earlier run this run's segment ids were matched against (None: first month)."""
+        facts = result.record.metrics
+        self.manifest.previous = {k: facts.get(f"previous_{k}") for k in ("run_id", "as_of", "run_dir")} \
+            if facts.get("previous_run_id") else None
+        self.save()
+
     def finish(self, status: str, error: str | None = None) -> Manifest:
         """Close the run: Data Docs of its quality reports, final manifest, and `latest` on success.
 
@@ -154,10 +173,16 @@ class RunLedger:
 
 
 def start(artifacts: Path, params: dict[str, Any], *, flow_run_id: str | None,
-          refresh: frozenset[str] = frozenset()) -> tuple[RunContext, RunLedger]:
-    """A new run. It has no folder yet: ingest comes first, and the folder needs the as-of month."""
-    info = input_fingerprint(Path(params["input_path"]))
-    params = dict(params, input_sha256=info.sha256)
+          refresh: frozenset[str] = frozenset(), input_sha256: str | None = None) -> tuple[RunContext, RunLedger]:
+    """A new run. It has no folder yet: ingest comes first, and the folder needs the as-of month.
+
+    `input_sha256` is the input's hash when the caller has just computed it (a backfill hashes
+    the input once for all its months).
+    """
+    path = Path(params["input_path"])
+    info = (input_fingerprint(path) if input_sha256 is None else
+            InputInfo(path=str(path), sha256=input_sha256, files=[f.name for f in input_files(path)]))
+    params = dict(params, input_sha256=info.sha256, **reference_tables())
     manifest = Manifest(
         run_id=new_run_id(flow_run_id),
         flow_run_id=flow_run_id,
@@ -188,7 +213,7 @@ def reopen(run_dir: Path, *, flow_run_id: str | None,
             f"(sha256 {recorded.sha256[:12]} then, {current.sha256[:12]} now); start a new run instead",
         )
     params = dict(manifest.parameters, input_path=recorded.path, input_sha256=recorded.sha256,
-                  cutoff=manifest.cutoff)
+                  cutoff=manifest.cutoff, **reference_tables())
     manifest.status, manifest.finished_at, manifest.error = "running", None, None
     manifest.resumed.append({"flow_run_id": flow_run_id, "at": datetime.now(UTC).isoformat(timespec="seconds")})
     artifacts = run_dir.parent.parent
@@ -198,6 +223,17 @@ def reopen(run_dir: Path, *, flow_run_id: str | None,
     ledger = RunLedger(manifest, artifacts)
     ledger.save()
     return context, ledger
+
+
+def reference_tables() -> dict[str, Any]:
+    """The editable reference tables (data/reference) as run parameters.
+
+    As parameters they enter the cache keys of the stages that use them: editing the list of
+    service codes recomputes the best sellers, and nothing else.
+    """
+    from customer_segments.tasks.products import load_service_codes
+
+    return {"service_codes": load_service_codes().to_dict(orient="records")}
 
 
 def open_folder(context: RunContext, newest_invoice: str | None) -> RunContext:
@@ -216,6 +252,43 @@ def open_folder(context: RunContext, newest_invoice: str | None) -> RunContext:
     run_dir.mkdir(parents=True, exist_ok=True)
     params = dict(context.params, as_of=as_of, cutoff=requested.start_time.isoformat())
     return context.model_copy(update={"params": params, "run_dir": str(run_dir)})
+
+
+def previous_run(artifacts: Path, as_of: str, params: dict[str, Any]) -> Manifest | None:
+    """The previous month's latest successful run of the same series, in the same artifacts folder.
+
+    Same series: the same window and k range (and --k). Only runs that recorded segment ids (made
+    since ids exist) qualify. Latest: the one that finished last.
+    """
+    import pandas as pd
+
+    month = str(pd.Period(as_of, freq="M") - 1)
+    candidates = [m for m in manifests(artifacts / month)
+                  if m.status == "completed" and m.as_of == month and same_series(m.parameters, params)
+                  and {"cluster_labels", "segment_lineage"} <= set(m.stages.get("cluster", StageRecord(status="running")).outputs)]
+    return max(candidates, key=lambda m: (m.finished_at or "", m.run_id)) if candidates else None
+
+
+def reusable_run(artifacts: Path, as_of: str, params: dict[str, Any], input_sha256: str) -> Manifest | None:
+    """A completed run of this month that a backfill can keep instead of running the month again.
+
+    It must have read the same input with the same parameters and code, and continued the
+    segment ids of the run that is now the previous month's latest of the series: if an earlier
+    month was rerun since, its ids may differ, and the month is run again to follow them.
+    """
+    previous = previous_run(artifacts, as_of, params)
+    want_previous = previous.run_id if previous is not None else None
+    code = code_fingerprint()
+    for m in reversed(manifests(artifacts / as_of)):
+        if (m.status == "completed" and m.input.sha256 == input_sha256 and same_series(m.parameters, params)
+                and all(m.parameters.get(p) == params.get(p) for p in ("encoding", "date_format"))
+                and (m.previous or {}).get("run_id") == want_previous and m.environment.get("code") == code):
+            return m
+    return None
+
+
+def same_series(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(p) == b.get(p) for p in SERIES_PARAMETERS)
 
 
 def find_flow_run(artifacts: Path, flow_run_id: str | None) -> Path | None:
@@ -247,10 +320,11 @@ def find_run(artifacts: Path, run_id: str) -> Path:
     return matches[0]
 
 
-def manifests(artifacts: Path) -> list[Manifest]:
-    """Every run's manifest under the artifacts folder, oldest first."""
+def manifests(folder: Path) -> list[Manifest]:
+    """Every run's manifest under an artifacts folder (or one month's folder of it), oldest first."""
     found = []
-    for path in sorted(artifacts.glob(f"*/*/{MANIFEST}")):
+    pattern = f"*/{MANIFEST}" if _is_month(folder.name) else f"*/*/{MANIFEST}"
+    for path in sorted(folder.glob(pattern)):
         if path.parent.name == LATEST or path.parent.is_symlink():
             continue
         try:
@@ -262,6 +336,10 @@ def manifests(artifacts: Path) -> list[Manifest]:
     return sorted(found, key=lambda m: m.run_id)
 
 
+def _is_month(name: str) -> bool:
+    return len(name) == 7 and name[4] == "-" and name.replace("-", "").isdigit()
+
+
 def environment() -> dict[str, Any]:
     versions = {}
     for name in PACKAGES:
@@ -269,7 +347,17 @@ def environment() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"python": platform.python_version(), "packages": versions, "git_commit": _git_commit()}
+    return {"python": platform.python_version(), "packages": versions, "git_commit": _git_commit(),
+            "code": code_fingerprint()}
+
+
+def code_fingerprint() -> str:
+    """One hash of every stage's code version: equal only when every stage's would be too."""
+    import hashlib
+
+    from customer_segments.tasks.stages import STAGES
+
+    return hashlib.sha256(" ".join(f"{s.name}={s.code_version}" for s in STAGES).encode()).hexdigest()[:16]
 
 
 def _git_commit() -> str | None:

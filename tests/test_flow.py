@@ -21,9 +21,12 @@ UPSTREAM = {
     "features": {"clean", "open_run"},
     "normalize": {"features", "open_run"},
     "select_k": {"normalize", "open_run"},
-    "cluster": {"features", "normalize", "select_k", "open_run"},
-    "profile": {"cluster", "clean", "open_run"},
-    "plots": {"select_k", "cluster", "open_run"},
+    "previous_run": {"open_run"},
+    "cluster": {"features", "normalize", "select_k", "previous_run", "open_run"},
+    "stability": {"normalize", "cluster", "select_k", "open_run"},
+    "profile": {"cluster", "clean", "stability", "open_run"},
+    "migration": {"cluster", "previous_run", "open_run"},
+    "plots": {"select_k", "cluster", "migration", "open_run"},
 }
 
 
@@ -106,7 +109,7 @@ def test_each_stage_logs_one_line_for_an_auditor(sample_run):
     assert f"{manifest.input.rows:,} rows in" in clean
     assert f"clean_invoices {rows.outputs['clean_invoices'].rows:,} rows" in clean
     assert "computed in" in clean and "gate clean_invoices:" in clean and "critical failed" in clean
-    for stage in ("ingest", "features", "normalize", "select_k", "cluster", "profile", "plots"):
+    for stage in ("ingest", "features", "normalize", "select_k", "cluster", "stability", "profile", "migration", "plots"):
         assert any(line.startswith(f"{stage}: ") for line in lines), stage
 
 

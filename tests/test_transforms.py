@@ -47,7 +47,16 @@ def test_clean_applies_the_three_rules_and_adds_sales():
 def test_rows_dropped_charges_each_row_to_the_first_rule():
     # Cancellation (-1) and zero quantity -> rule 1; blank customer -> rule 2; 2011-12-01 -> rule 3.
     assert rows_dropped(RAW, CUTOFF) == {
-        "cancelled_or_zero_quantity": 2, "missing_customer": 1, "on_or_after_cutoff": 1,
+        "cancelled_or_zero_quantity": 2, "missing_customer": 1, "before_window": 0, "on_or_after_cutoff": 1,
+    }
+
+
+def test_a_trailing_window_keeps_the_months_before_the_cutoff():
+    # Window of 11 months before 2011-12-01 starts 2011-01-01: the 2010-12 lines fall out.
+    clean = clean_invoices(RAW, CUTOFF, window=11)
+    assert clean["InvoiceNo"].tolist() == ["536392"]
+    assert rows_dropped(RAW, CUTOFF, window=11) == {
+        "cancelled_or_zero_quantity": 2, "missing_customer": 1, "before_window": 3, "on_or_after_cutoff": 1,
     }
 
 
@@ -149,7 +158,8 @@ def test_cluster_numbers_segments_by_total_sales_and_names_them():
     features["TotalSales"] = np.exp(normalized["TotalSales"] * 3)
     features["OrderCount"] = (np.exp(normalized["OrderCount"]) * 3).round().astype("int64") + 1
     features["AvgOrderValue"] = features["TotalSales"] / features["OrderCount"]
-    labels = cluster_labels(features, normalized, k_selection(normalized, k=4))
+    labels, lineage = cluster_labels(features, normalized, k_selection(normalized, k=4))
+    assert lineage["transition"].eq("first").all() and labels["segment_id"].nunique() == 4
     assert len(labels) == len(features) and labels["CustomerID"].is_unique
     sales = labels.groupby("segment")["TotalSales"].sum()
     assert sales.is_monotonic_decreasing

@@ -25,7 +25,8 @@ BIN = Path(sys.executable).parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 PARQUETS = ("clean_invoices", "customer_features", "normalized_features", "k_selection",
-            "cluster_labels", "segment_profiles", "top_products")
+            "cluster_labels", "segment_lineage", "segment_stability", "segment_profiles", "top_products",
+            "segment_migration", "movers")
 PLOTS = ("elbow", "silhouette", "ordercount_vs_totalsales", "ordercount_vs_avgordervalue",
          "totalsales_vs_avgordervalue")
 OUTPUTS = (*(f"{d}.parquet" for d in PARQUETS), *(f"plots/{p}.png" for p in PLOTS))
