@@ -1,0 +1,91 @@
+"""Products: which StockCodes are goods, and what each one is called.
+
+Invoice exports mix goods with service lines: postage, carriage, fees, discounts, manual
+adjustments, gift vouchers. They are not things a customer chooses to buy together, so best
+seller lists and market baskets leave them out.
+
+The list of service codes is a data file a person edits, shipped with the package as
+`customer_segments.data.reference/service_codes.csv`. It is a plain CSV (UTF-8, comma separated,
+one header line, no comment lines; quote a field that holds a comma) with three columns:
+
+- `code`: the StockCode, or the beginning of StockCodes, exactly as the data spells it;
+- `match`: `exact` (the whole StockCode equals `code`) or `prefix` (the StockCode starts with
+  `code`, e.g. `gift_0001_` for the vouchers gift_0001_10, gift_0001_20, ...);
+- `meaning`: what the code stands for, for the people reading the file.
+
+Matching is case-sensitive. Product codes use the letter case to tell variants apart (85123A and
+85123a are both in the data), so the file names each spelling of a service code it means: the
+UCI data holds `M` (manual) 571 times and `m` once, and both are listed.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+SERVICE_CODE_COLUMNS = ("code", "match", "meaning")
+MATCH_KINDS = ("exact", "prefix")
+
+
+def load_service_codes(path: Path | str | None = None) -> pd.DataFrame:
+    """Read the service codes file (by default the packaged one) and check its form.
+
+    The one I/O helper of this module: the stage runner's caller reads the file once and hands the
+    frame to the pure transforms.
+    """
+    if path is None:
+        source = resources.files("customer_segments.data.reference") / "service_codes.csv"
+    else:
+        source = Path(path)
+    with source.open("r", encoding="utf-8") as handle:
+        # Every field as text and no NA guessing: a code such as "NA" or "null" must stay itself.
+        codes = pd.read_csv(handle, dtype=str, keep_default_na=False, skipinitialspace=True)
+    return check_service_codes(codes, source)
+
+
+def check_service_codes(codes: pd.DataFrame, source: object = "service codes") -> pd.DataFrame:
+    """The frame with surrounding blanks trimmed, or ValueError naming what an editor got wrong."""
+    missing = [c for c in SERVICE_CODE_COLUMNS if c not in codes.columns]
+    if missing:
+        raise ValueError(
+            f"{source}: column(s) {', '.join(missing)} missing; expected the header "
+            f"{','.join(SERVICE_CODE_COLUMNS)} (found {', '.join(map(str, codes.columns))})"
+        )
+    codes = codes[list(SERVICE_CODE_COLUMNS)].astype("str")
+    codes = codes.apply(lambda column: column.str.strip())
+    bad_match = ~codes["match"].isin(MATCH_KINDS)
+    if bad_match.any():
+        raise ValueError(
+            f"{source}: match must be one of {', '.join(MATCH_KINDS)}; "
+            f"found {', '.join(repr(m) for m in codes.loc[bad_match, 'match'].unique())}"
+        )
+    if codes["code"].eq("").any():
+        raise ValueError(f"{source}: a row has an empty code")
+    return codes.reset_index(drop=True)
+
+
+def is_service_code(stock_codes: pd.Series, codes: pd.DataFrame) -> pd.Series:
+    """True where a StockCode is a service code of `codes` (exact or prefix match, case-sensitive)."""
+    exact = codes.loc[codes["match"] == "exact", "code"]
+    prefixes = tuple(codes.loc[codes["match"] == "prefix", "code"])
+    service = stock_codes.isin(exact)
+    if prefixes:
+        # One pass over the column for all prefixes; a missing StockCode is not a service code.
+        service |= stock_codes.astype("str").str.startswith(prefixes, na=False)
+    return service.fillna(False).astype("bool").rename("is_service")
+
+
+def product_lines(clean: pd.DataFrame, codes: pd.DataFrame | None) -> pd.DataFrame:
+    """The lines whose StockCode is not a service code (all lines when `codes` is None)."""
+    if codes is None:
+        return clean
+    return clean.loc[~is_service_code(clean["StockCode"], codes).to_numpy()]
+
+
+def product_names(clean: pd.DataFrame) -> pd.DataFrame:
+    """The most frequent description of each StockCode (exports spell some items several ways)."""
+    counts = clean.groupby(["StockCode", "Description"], sort=True).size().rename("n").reset_index()
+    counts = counts.sort_values(["StockCode", "n"], ascending=[True, False], kind="stable")
+    return counts.drop_duplicates("StockCode")[["StockCode", "Description"]]
