@@ -27,6 +27,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/monthly.py
 
 # The UI of the local server every `segment` command reports to (started here if it is not running).
 ui: setup

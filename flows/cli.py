@@ -49,6 +49,18 @@ KMinOption = Annotated[int, typer.Option("--k-min", help="Smallest k scored by s
 KMaxOption = Annotated[int, typer.Option("--k-max", help="Largest k scored by silhouette.")]
 KOption = Annotated[Optional[int], typer.Option("--k", help="Number of segments; default: best silhouette.")]
 InputOption = Annotated[Path, typer.Option("--input", help="Invoice export: .xlsx, .csv, .parquet or a folder of them.")]
+NoBasket = Annotated[bool, typer.Option("--no-basket", help="Skip market basket rules and recommendations.")]
+NoRfm = Annotated[bool, typer.Option("--no-rfm", help="Skip RFM scores and segments.")]
+NoPropensity = Annotated[bool, typer.Option("--no-propensity", help="Skip the repurchase propensity model.")]
+NoChaid = Annotated[bool, typer.Option("--no-chaid", help="Skip the CHAID tree.")]
+HorizonOption = Annotated[int, typer.Option("--horizon", min=1, help="Months ahead the propensity model (and CHAID's repurchase target) looks.")]
+ChaidTargetOption = Annotated[str, typer.Option("--chaid-target", help="What CHAID explains: repurchase (within --horizon) or segment (membership of the high-value segment).")]
+ChaidDepthOption = Annotated[int, typer.Option("--chaid-max-depth", min=1, help="CHAID tree depth.")]
+ChaidParentOption = Annotated[int, typer.Option("--chaid-min-parent", min=2, help="Smallest node CHAID splits.")]
+ChaidChildOption = Annotated[int, typer.Option("--chaid-min-child", min=1, help="Smallest node a CHAID split may make.")]
+MinSupportOption = Annotated[float, typer.Option("--min-support", min=0.0, max=1.0, help="Smallest share of baskets an itemset must be in.")]
+MinBasketsOption = Annotated[int, typer.Option("--min-baskets", min=1, help="Smallest number of baskets an itemset must be in.")]
+MinLiftOption = Annotated[float, typer.Option("--min-lift", min=0.0, help="Smallest lift of a rule.")]
 LandingOption = Annotated[Path, typer.Option("--landing", help="File or folder of exports that scheduled runs read.")]
 CronOption = Annotated[str, typer.Option("--cron", help="When to run (cron, in --timezone).")]
 TimezoneOption = Annotated[str, typer.Option("--timezone", help="IANA time zone of the cron schedule.")]
@@ -65,6 +77,18 @@ def run(
     encoding: EncodingOption = None,
     date_format: DateFormatOption = None,
     artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    no_basket: NoBasket = False,
+    no_rfm: NoRfm = False,
+    no_propensity: NoPropensity = False,
+    no_chaid: NoChaid = False,
+    horizon: HorizonOption = defaults.HORIZON,
+    chaid_target: ChaidTargetOption = defaults.CHAID_TARGET,
+    chaid_max_depth: ChaidDepthOption = defaults.CHAID_MAX_DEPTH,
+    chaid_min_parent: ChaidParentOption = defaults.CHAID_MIN_PARENT,
+    chaid_min_child: ChaidChildOption = defaults.CHAID_MIN_CHILD,
+    min_support: MinSupportOption = defaults.BASKET_MIN_SUPPORT,
+    min_baskets: MinBasketsOption = defaults.BASKET_MIN_BASKETS,
+    min_lift: MinLiftOption = defaults.BASKET_MIN_LIFT,
     refresh: RefreshOption = False,
     from_stage: FromStageOption = None,
     json_out: JsonOption = False,
@@ -76,8 +100,80 @@ def run(
     """
     parameters = dict(input_path=str(input), as_of=as_of, window=window, k=k, k_min=k_min, k_max=k_max,
                       encoding=encoding, date_format=date_format, artifacts=str(artifacts), refresh=refresh,
-                      from_stage=from_stage)
+                      from_stage=from_stage,
+                      **_method_params(no_basket, no_rfm, no_propensity, no_chaid, horizon, chaid_target,
+                                       chaid_max_depth, chaid_min_parent, chaid_min_child, min_support,
+                                       min_baskets, min_lift))
     _run_flow(parameters, json_out, verbose)
+
+
+def _method_params(no_basket, no_rfm, no_propensity, no_chaid, horizon, chaid_target, chaid_max_depth,
+                   chaid_min_parent, chaid_min_child, min_support, min_baskets, min_lift) -> dict:
+    off = {"basket": no_basket, "rfm": no_rfm, "propensity": no_propensity, "chaid": no_chaid}
+    return dict(methods=[m for m in defaults.METHODS if not off[m]], horizon=horizon, chaid_target=chaid_target,
+                chaid_max_depth=chaid_max_depth, chaid_min_parent=chaid_min_parent, chaid_min_child=chaid_min_child,
+                basket_min_support=min_support, basket_min_baskets=min_baskets, basket_min_lift=min_lift)
+
+
+@app.command()
+def basket(
+    input: InputOption = Path(defaults.INPUT_PATH),
+    country: Annotated[Optional[str], typer.Option("--country", help="Only the invoices of this country.")] = None,
+    min_support: MinSupportOption = defaults.BASKET_MIN_SUPPORT,
+    min_baskets: MinBasketsOption = defaults.BASKET_MIN_BASKETS,
+    min_lift: MinLiftOption = defaults.BASKET_MIN_LIFT,
+    max_len: Annotated[int, typer.Option("--max-len", min=2, help="Most items in a rule (antecedents and consequent).")] = defaults.BASKET_MAX_LEN,
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Use the invoices before this month (YYYY-MM); default: before the newest invoice's month.")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Rules to print, strongest lift first.")] = 20,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also write every rule to this .csv or .parquet file.")] = None,
+    encoding: EncodingOption = None,
+    date_format: DateFormatOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per rule instead of a table.")] = False,
+) -> None:
+    """Association rules of a whole file (or one country), without segmentation: the classic basket analysis.
+
+    The same cleaning and the same list of service codes (postage, fees, vouchers) as the pipeline.
+    """
+    from customer_segments.tasks.errors import PipelineError
+
+    try:
+        rules = _basket_rules(input, country, min_support, min_baskets, min_lift, max_len, as_of, encoding, date_format)
+    except PipelineError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    if out is not None:
+        write_table(rules, out)
+    shown = rules.head(top)
+    if json_out:
+        for row in shown.to_dict(orient="records"):
+            typer.echo(json.dumps(row, default=str))
+        return
+    from customer_segments.flows import audit
+
+    columns = ["antecedent_names", "consequent_names", "support", "confidence", "lift", "baskets"]
+    rows = shown[columns].round({"support": 4, "confidence": 3, "lift": 2}).rename(
+        columns={"antecedent_names": "if a basket has", "consequent_names": "it also has"}).to_dict(orient="records")
+    typer.echo(audit.format_table(rows) if rows else "No rules at these thresholds.")
+    typer.echo(f"{len(rules):,} rule(s){f' for {country}' if country else ''}; {min(top, len(rules))} shown.")
+
+
+def _basket_rules(input, country, min_support, min_baskets, min_lift, max_len, as_of, encoding, date_format):
+    import pandas as pd
+
+    from customer_segments.tasks import runs
+    from customer_segments.tasks.basket import basket_table
+    from customer_segments.tasks.clean import clean_invoices
+    from customer_segments.tasks.errors import ParameterError
+    from customer_segments.tasks.ingest import read_invoices
+    from customer_segments.tasks.products import load_service_codes
+
+    raw = read_invoices(input, encoding=encoding, date_format=date_format)
+    month = runs.parse_month(as_of) or pd.Timestamp(raw["InvoiceDate"].max()).to_period("M")
+    clean = clean_invoices(raw, month.start_time)
+    try:
+        return basket_table(clean, load_service_codes(), country, min_support, min_baskets, min_lift, max_len)
+    except ValueError as exc:
+        raise ParameterError("basket", str(exc)) from None
 
 
 @app.command()
@@ -92,6 +188,11 @@ def backfill(
     encoding: EncodingOption = None,
     date_format: DateFormatOption = None,
     artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    no_basket: NoBasket = False,
+    no_rfm: NoRfm = False,
+    no_propensity: NoPropensity = False,
+    no_chaid: NoChaid = False,
+    horizon: HorizonOption = defaults.HORIZON,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per month, then a summary line.")] = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -100,9 +201,7 @@ def backfill(
     Months that already have an equivalent completed run are kept; rerunning the same command
     therefore only runs what is missing or out of date.
     """
-    from customer_segments.tasks.quality import gate
-
-    gate.start_validator()
+    _helpers().start()
     try:
         _connect()
         from customer_segments.flows.pipeline import backfill as backfill_flow
@@ -111,8 +210,10 @@ def backfill(
         _quiet_console(verbose)
         started = time.monotonic()
         try:
+            off = {"basket": no_basket, "rfm": no_rfm, "propensity": no_propensity, "chaid": no_chaid}
             done = backfill_flow(input_path=str(input), start=start, end=end, window=window, k=k, k_min=k_min,
-                                 k_max=k_max, encoding=encoding, date_format=date_format, artifacts=str(artifacts))
+                                 k_max=k_max, encoding=encoding, date_format=date_format, artifacts=str(artifacts),
+                                 methods=[m for m in defaults.METHODS if not off[m]], horizon=horizon)
             error = None
         except Exception as exc:
             if verbose:
@@ -140,7 +241,7 @@ def backfill(
             typer.echo(f"Backfill {start}..{end}: {summary['computed']} month(s) run, {summary['reused']} kept, "
                        f"{summary['seconds']} s.")
     finally:
-        gate.stop_validator()
+        _helpers().stop()
 
 
 @app.command()
@@ -299,6 +400,13 @@ def _quiet_console(verbose: bool) -> None:
             handler.addFilter(_ConsoleFilter(verbose))
 
 
+def _helpers():
+    """The helper processes (quality gates, stages computed beside the run): see tasks/helpers.py."""
+    from customer_segments.tasks import helpers
+
+    return helpers
+
+
 def _sizes_text(manifest) -> str:
     sizes = manifest.metric("cluster", "segment_sizes") or {}
     return " ".join(f"{sid}:{n:,}" for sid, n in sizes.items())
@@ -306,10 +414,8 @@ def _sizes_text(manifest) -> str:
 
 def _run_flow(parameters: dict, json_out: bool, verbose: bool) -> None:
     """Run the flow and end the command the same way for run and resume: summary, JSON, exit code."""
-    from customer_segments.tasks.quality import gate
-
-    # Before anything else: Great Expectations' import then overlaps the server and Prefect's start-up.
-    gate.start_validator()
+    # Before anything else: the helpers' imports then overlap the server and Prefect's start-up.
+    _helpers().start()
     try:
         _connect()
         from customer_segments.flows.pipeline import segmentation
@@ -317,7 +423,7 @@ def _run_flow(parameters: dict, json_out: bool, verbose: bool) -> None:
         _quiet_console(verbose)
         _finish(lambda: segmentation(**parameters), json_out, verbose)
     finally:
-        gate.stop_validator()
+        _helpers().stop()
 
 
 def _finish(call, json_out: bool, verbose: bool) -> None:

@@ -3,7 +3,20 @@
 Free of heavy imports: the command line reads them before Prefect is loaded.
 """
 
-from customer_segments.tasks.defaults import K_MAX, K_MIN
+from customer_segments.tasks.defaults import (
+    BASKET_MAX_LEN,
+    BASKET_MIN_BASKETS,
+    BASKET_MIN_LIFT,
+    BASKET_MIN_SUPPORT,
+    CHAID_MAX_DEPTH,
+    CHAID_MIN_CHILD,
+    CHAID_MIN_PARENT,
+    CHAID_TARGET,
+    HORIZON,
+    K_MAX,
+    K_MIN,
+    METHODS,
+)
 
 FLOW_NAME = "customer-segmentation"
 BACKFILL_FLOW_NAME = "customer-segmentation-backfill"
@@ -20,5 +33,7 @@ TIMEZONE = "UTC"
 # The as-of value a scheduled run passes: the month of the run's scheduled start.
 SCHEDULED = "scheduled"
 
-__all__ = ["ARTIFACTS", "BACKFILL_FLOW_NAME", "CRON", "DEPLOYMENT_DESCRIPTION", "DEPLOYMENT_NAME", "DEPLOYMENT_TAGS", "FLOW_NAME",
-           "INPUT_PATH", "K_MAX", "K_MIN", "SCHEDULED", "TIMEZONE"]
+__all__ = ["ARTIFACTS", "BACKFILL_FLOW_NAME", "BASKET_MAX_LEN", "BASKET_MIN_BASKETS", "BASKET_MIN_LIFT",
+           "BASKET_MIN_SUPPORT", "CHAID_MAX_DEPTH", "CHAID_MIN_CHILD", "CHAID_MIN_PARENT", "CHAID_TARGET", "CRON",
+           "DEPLOYMENT_DESCRIPTION", "DEPLOYMENT_NAME", "DEPLOYMENT_TAGS", "FLOW_NAME", "HORIZON", "INPUT_PATH",
+           "K_MAX", "K_MIN", "METHODS", "SCHEDULED", "TIMEZONE"]

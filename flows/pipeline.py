@@ -23,21 +23,29 @@ from prefect.runtime import flow_run  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
 from customer_segments.flows import audit, defaults  # noqa: E402
-from customer_segments.tasks import runs  # noqa: E402
+from customer_segments.tasks import elsewhere, helpers, runs  # noqa: E402
 from customer_segments.tasks.errors import ParameterError, PipelineError  # noqa: E402
 from customer_segments.tasks.manifest import Manifest, RunContext, StageRecord, StageResult  # noqa: E402
-from customer_segments.tasks.quality import gate  # noqa: E402
 from customer_segments.tasks.runner import Stage, run_stage  # noqa: E402
 from customer_segments.tasks.stages import (  # noqa: E402
-    CLEAN, CLUSTER, FEATURES, INGEST, MIGRATION, NORMALIZE, PLOTS, PROFILE, SELECT_K, STABILITY, STAGE_NAMES, STAGES,
+    BASKET, CHAID, CLEAN, CLUSTER, FEATURES, INGEST, MIGRATION, NORMALIZE, PLOTS, PROFILE, PROPENSITY, RFM, SELECT_K,
+    STABILITY, STAGE_NAMES, STAGES,
 )
+
+
+# Stages no later stage waits for and whose work is pure Python, computed in the helper process
+# (on the other core): see tasks/elsewhere.py.
+ELSEWHERE = frozenset({"propensity", "basket"})
 
 
 def stage_task(stage: Stage):
     """The Prefect task of a stage: run it, log one line an auditor can read, return the reference."""
 
     def run(context: RunContext, upstream: list[StageResult]) -> Any:
-        result = run_stage(stage, context, upstream)
+        if stage.name in ELSEWHERE:
+            result = elsewhere.run(stage.name, context, upstream)
+        else:
+            result = run_stage(stage, context, upstream)
         get_run_logger().info(audit.stage_line(result, upstream))
         if result.record.status == "cached":
             return Completed(name="Cached", message="reused a verified cached output", data=result)
@@ -95,25 +103,57 @@ def previous_run(context: RunContext) -> StageResult:
 
 
 class Pipeline:
-    """Submits stage tasks in order and records each outcome in the run's manifest."""
+    """Submits stage tasks and records each outcome in the run's manifest.
+
+    `run` waits for a stage; `submit` starts one that later stages do not need right away, so that
+    it runs beside them (while one thread waits on k-means' compiled code or on a quality gate in
+    the validator process, another computes); `wait` records submitted stages' outcomes.
+    """
 
     def __init__(self, context: RunContext, ledger: runs.RunLedger):
         self.context: RunContext | PrefectFuture = context
         self.ledger = ledger
+        self.pending: dict[str, PrefectFuture] = {}
 
     def run(self, stage: Stage, *upstream: PrefectFuture) -> PrefectFuture:
+        future = self.submit(stage, *upstream)
+        self.wait(future)
+        return future
+
+    def submit(self, stage: Stage, *upstream: PrefectFuture) -> PrefectFuture:
         self.ledger.started(stage.name)
         future = TASKS[stage.name].submit(self.context, list(upstream))
-        try:
-            self.ledger.finished(future.result())
-        except BaseException as exc:
-            self.ledger.failed(stage.name, exc)
-            raise
+        self.pending[stage.name] = future
         return future
+
+    def wait(self, *futures: PrefectFuture | None) -> None:
+        """Record the outcome of each given stage (all pending ones when none is given)."""
+        chosen = [f for f in futures if f is not None] if futures else list(self.pending.values())
+        first_error = None
+        for name, future in [(n, f) for n, f in self.pending.items() if any(f is c for c in chosen)]:
+            del self.pending[name]
+            try:
+                self.ledger.finished(future.result())
+            except BaseException as exc:
+                self.ledger.failed(name, exc)
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+    def settle(self) -> None:
+        """After a failure: let stages still running finish, and record how they ended."""
+        try:
+            self.wait()
+        except BaseException:
+            pass
 
     def open(self, ingested: PrefectFuture) -> None:
         self.context = open_run.submit(self.context, ingested)
         self.ledger.opened(self.context.result())
+
+    def context_value(self, name: str):
+        context = self.context.result() if isinstance(self.context, PrefectFuture) else self.context
+        return context.params[name]
 
     def previous(self) -> PrefectFuture:
         future = previous_run.submit(self.context)
@@ -138,6 +178,16 @@ def segmentation(
     encoding: str | None = None,
     date_format: str | None = None,
     artifacts: str = defaults.ARTIFACTS,
+    methods: list[str] = list(defaults.METHODS),
+    horizon: int = defaults.HORIZON,
+    basket_min_support: float = defaults.BASKET_MIN_SUPPORT,
+    basket_min_baskets: int = defaults.BASKET_MIN_BASKETS,
+    basket_min_lift: float = defaults.BASKET_MIN_LIFT,
+    basket_max_len: int = defaults.BASKET_MAX_LEN,
+    chaid_target: str = defaults.CHAID_TARGET,
+    chaid_max_depth: int = defaults.CHAID_MAX_DEPTH,
+    chaid_min_parent: int = defaults.CHAID_MIN_PARENT,
+    chaid_min_child: int = defaults.CHAID_MIN_CHILD,
     refresh: bool = False,
     from_stage: str | None = None,
     run_id: str | None = None,
@@ -149,25 +199,37 @@ def segmentation(
     its own folder (resume). A retry of the same flow run does the same. input_sha256 spares
     hashing the input again when the caller just did (a backfill's months).
     """
-    gate.start_validator()  # imports Great Expectations on the other core meanwhile
+    helpers.start()  # imports Great Expectations and the methods' libraries meanwhile
+    options = {"methods": list(methods), "horizon": horizon,
+               "basket_min_support": basket_min_support, "basket_min_baskets": basket_min_baskets,
+               "basket_min_lift": basket_min_lift, "basket_max_len": basket_max_len, "chaid_target": chaid_target,
+               "chaid_max_depth": chaid_max_depth, "chaid_min_parent": chaid_min_parent, "chaid_min_child": chaid_min_child}
     context, ledger = prepare_run(input_path, as_of, k, k_min, k_max, window, encoding, date_format, artifacts,
-                                  refresh, from_stage, run_id, input_sha256)
+                                  refresh, from_stage, run_id, input_sha256, options)
     pipeline = Pipeline(context, ledger)
     try:
         raw = pipeline.run(INGEST)
         pipeline.open(raw)
         clean = pipeline.run(CLEAN, raw)
+        chosen = set(pipeline.context_value("methods"))
+        # The other methods run beside the segmentation as soon as their inputs exist.
+        propensity = pipeline.submit(PROPENSITY, clean) if "propensity" in chosen else None
         features = pipeline.run(FEATURES, clean)
         normalized = pipeline.run(NORMALIZE, features)
         k_table = pipeline.run(SELECT_K, normalized)
         previous = pipeline.previous()
         labels = pipeline.run(CLUSTER, features, normalized, k_table, previous)
+        basket = pipeline.submit(BASKET, clean, labels) if "basket" in chosen else None
         stability = pipeline.run(STABILITY, normalized, labels, k_table)
         pipeline.run(PROFILE, labels, clean, stability)
         migration = pipeline.run(MIGRATION, labels, previous)
+        rfm = pipeline.submit(RFM, clean, labels) if "rfm" in chosen else None
+        chaid = pipeline.submit(CHAID, clean, labels) if "chaid" in chosen else None
         pipeline.run(PLOTS, k_table, labels, migration)
+        pipeline.wait(propensity, rfm, chaid, basket)
         manifest = ledger.finish("completed")
     except BaseException as exc:
+        pipeline.settle()
         # The caller (CLI, tests) gets the run's state along with the error.
         exc.manifest = ledger.finish("failed", error=str(exc))
         raise
@@ -189,6 +251,8 @@ def backfill(
     encoding: str | None = None,
     date_format: str | None = None,
     artifacts: str = defaults.ARTIFACTS,
+    methods: list[str] = list(defaults.METHODS),
+    horizon: int = defaults.HORIZON,
 ) -> list[tuple[Manifest, bool]]:
     """One segmentation per month from start to end (YYYY-MM), in order: month t's ids need t-1's.
 
@@ -201,17 +265,18 @@ def backfill(
     info = runs.input_fingerprint(Path(input_path))  # once for all months; each ingest is cached
     params = {"window": window, "k": k, "k_min": k_min, "k_max": k_max, "encoding": encoding,
               "date_format": date_format}
+    options = {"methods": list(methods), "horizon": horizon}
     logger = get_run_logger()
     done: list[tuple[Manifest, bool]] = []
     for month in months:
-        kept = runs.reusable_run(Path(artifacts), month, params, info.sha256)
+        kept = runs.reusable_run(Path(artifacts), month, params | options, info.sha256)
         if kept is not None:
             logger.info("%s: kept run %s (same input, parameters, code and previous month)", month, kept.run_id)
             done.append((kept, True))
             continue
         try:
             manifest = segmentation(input_path=str(input_path), as_of=month, artifacts=artifacts,
-                                    input_sha256=info.sha256, **params)
+                                    input_sha256=info.sha256, **params, **options)
         except BaseException as exc:
             exc.done = done
             raise
@@ -238,7 +303,7 @@ def run_tags(context: RunContext) -> list[str]:
 
 
 def prepare_run(input_path, as_of, k, k_min, k_max, window, encoding, date_format, artifacts, refresh, from_stage,
-                run_id, input_sha256=None) -> tuple[RunContext, runs.RunLedger]:
+                run_id, input_sha256=None, options=None) -> tuple[RunContext, runs.RunLedger]:
     artifacts_dir = Path(artifacts)
     to_refresh = stages_to_refresh(refresh, from_stage)
     earlier = runs.find_run(artifacts_dir, run_id) if run_id else runs.find_flow_run(artifacts_dir, flow_run.get_id())
@@ -249,8 +314,13 @@ def prepare_run(input_path, as_of, k, k_min, k_max, window, encoding, date_forma
     runs.parse_month(as_of)
     if window is not None and window < 1:
         raise ParameterError("clean", f"--window must be a number of months of at least 1, got {window}")
+    options = dict(options or {})
+    unknown = sorted(set(options.get("methods", [])) - set(defaults.METHODS))
+    if unknown:
+        raise ParameterError("run", f"unknown method(s) {', '.join(unknown)}; the methods are {', '.join(defaults.METHODS)}")
+    options["methods"] = [m for m in defaults.METHODS if m in options.get("methods", defaults.METHODS)]
     params = {"input_path": str(input_path), "as_of": as_of, "k": k, "k_min": k_min, "k_max": k_max,
-              "window": window, "encoding": encoding, "date_format": date_format}
+              "window": window, "encoding": encoding, "date_format": date_format, **options}
     return runs.start(artifacts_dir, params, flow_run_id=flow_run.get_id(), refresh=to_refresh,
                       input_sha256=input_sha256)
 

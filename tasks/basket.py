@@ -25,12 +25,13 @@ import math
 import numpy as np
 import pandas as pd
 
+from customer_segments.tasks.defaults import BASKET_MAX_LEN, BASKET_MIN_BASKETS, BASKET_MIN_LIFT, BASKET_MIN_SUPPORT
 from customer_segments.tasks.products import product_lines, product_names
 
-MIN_SHARE = 0.01
-MIN_BASKETS = 10
-MAX_LEN = 3
-MIN_LIFT = 1.0
+MIN_SHARE = BASKET_MIN_SUPPORT
+MIN_BASKETS = BASKET_MIN_BASKETS
+MAX_LEN = BASKET_MAX_LEN
+MIN_LIFT = BASKET_MIN_LIFT
 PER_PRODUCT = 3
 
 ALL_CUSTOMERS = -1
@@ -326,9 +327,8 @@ def _joined_codes(itemsets: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Frozensets of StockCodes -> ("A, B" sorted, size), by exploding rather than a loop per rule."""
     codes = itemsets.explode().astype("str").rename("code").rename_axis("rule").reset_index()
     codes = codes.sort_values(["rule", "code"], kind="stable")
-    grouped = codes.groupby("rule", sort=True)["code"]
-    joined = grouped.agg(SEPARATOR.join).reindex(itemsets.index)
-    return joined, grouped.size().reindex(itemsets.index)
+    return _join_by_position(codes["rule"], codes["code"], itemsets.index), \
+        codes.groupby("rule", sort=True).size().reindex(itemsets.index)
 
 
 def _names_of(joined: pd.Series, lookup: pd.Series) -> pd.Series:
@@ -337,7 +337,20 @@ def _names_of(joined: pd.Series, lookup: pd.Series) -> pd.Series:
         return pd.Series(index=joined.index, dtype="str")
     codes = joined.str.split(SEPARATOR, regex=False).explode()
     names = codes.map(lookup).fillna(codes)
-    return names.groupby(level=0, sort=False).agg(SEPARATOR.join).reindex(joined.index)
+    return _join_by_position(pd.Series(names.index, index=names.index), names.astype("str"), joined.index)
+
+
+def _join_by_position(group: pd.Series, text: pd.Series, index: pd.Index) -> pd.Series:
+    """Join each group's strings (in their order) with SEPARATOR: one column operation per
+    position rather than a Python call per group (a rule has at most max_len items)."""
+    frame = pd.DataFrame({"group": group.to_numpy(), "text": text.to_numpy()})
+    frame["position"] = frame.groupby("group", sort=False).cumcount()
+    wide = frame.pivot(index="group", columns="position", values="text")
+    joined = wide[0].astype("str")
+    for position in wide.columns[1:]:
+        more = wide[position].notna()
+        joined = joined.where(~more, joined + SEPARATOR + wide[position].astype("str"))
+    return joined.reindex(index)
 
 
 def _sorted_rules(rules: pd.DataFrame) -> pd.DataFrame:
@@ -358,3 +371,24 @@ def _sort_by_strength(frame: pd.DataFrame, first: list[str], *then: str) -> pd.D
 def _shortened(text: pd.Series, width: int) -> pd.Series:
     text = text.astype("str").str.replace(r"\s+", " ", regex=True).str.strip()
     return text.where(text.str.len() <= width, text.str.slice(0, width - 1) + "…")
+
+
+def basket_stage(clean: pd.DataFrame, labels: pd.DataFrame, service_codes: list[dict] | None = None,
+                 basket_min_support: float = MIN_SHARE, basket_min_baskets: int = MIN_BASKETS,
+                 basket_min_lift: float = MIN_LIFT, basket_max_len: int = MAX_LEN
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The basket stage: rules per segment and for all customers, the recommendations, the chart.
+
+    The best sellers are ranked here as the profile stage ranks them (the same function on the
+    same lines), so that the stage needs only the segments and can start as soon as they exist.
+    """
+    from customer_segments.tasks.profile import top_products
+
+    codes = pd.DataFrame(service_codes) if service_codes else None
+    rules = basket_rules(clean, labels, codes, basket_min_support, basket_min_baskets, basket_max_len, basket_min_lift)
+    best = top_products(clean, labels, service_codes=codes)
+    return rules, recommendations(rules, best), {"basket_top_rules": top_rules_plot(rules)}
+
+
+def basket_metrics(frames, params) -> dict:
+    return rules_metrics(frames["basket_rules"]) | {"recommendations": len(frames["recommendations"])}

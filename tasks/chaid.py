@@ -239,3 +239,40 @@ def high_value_table(rfm: pd.DataFrame, labels: pd.DataFrame, clean: pd.DataFram
     """Target `high_value`: 1 for the most valuable k-means segment (segment == 0); RFM as of the cutoff."""
     target = labels.set_index("CustomerID")["segment"].eq(0).astype("int64").rename("high_value")
     return chaid_table(rfm, target, customer_country(clean))
+
+
+TARGETS = ("repurchase", "segment")
+
+
+def chaid_stage(clean: pd.DataFrame, labels: pd.DataFrame, cutoff, horizon: int = HORIZON,
+                chaid_target: str = "repurchase", chaid_max_depth: int = 3, chaid_min_parent: int = 100,
+                chaid_min_child: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The chaid stage: a tree explaining repurchase within the horizon (the propensity target, from
+    the training snapshot), or membership of the high-value segment (`chaid_target="segment"`)."""
+    from customer_segments.tasks.rfm import rfm_values
+
+    if chaid_target not in TARGETS:
+        raise ParameterError(STAGE, f"--chaid-target must be one of {', '.join(TARGETS)}, got {chaid_target!r}")
+    if chaid_target == "repurchase":
+        table, target = repurchase_table(clean, cutoff, horizon), "repurchased"
+    else:
+        table, target = high_value_table(rfm_values(clean, cutoff), labels, clean), "high_value"
+    if len(table) < chaid_min_parent or table[target].nunique() < 2:
+        # Too little history (early in a series, or a short window) or nothing to explain: the
+        # run goes on with no leaves, and the manifest says why.
+        return (pd.DataFrame({"chaid_segment": pd.Series(dtype="int64"), "rule": pd.Series(dtype="str"),
+                              "customers": pd.Series(dtype="int64"), "responders": pd.Series(dtype="int64"),
+                              "response_rate": pd.Series(dtype="float64"), "depth": pd.Series(dtype="int64"),
+                              "node_id": pd.Series(dtype="int64")}),
+                pd.DataFrame({"CustomerID": pd.Series(dtype="str"), "chaid_segment": pd.Series(dtype="int64")}))
+    return chaid_segments(table, target, chaid_max_depth, chaid_min_parent, chaid_min_child)
+
+
+def chaid_metrics(frames, params) -> dict:
+    segments = frames["chaid_segments"]
+    top = segments.iloc[0] if len(segments) else None
+    note = None if len(segments) else (
+        "no tree: fewer customers than --chaid-min-parent with the history it needs, or a single outcome")
+    return {"chaid_target": params.get("chaid_target"), "chaid_leaves": len(segments), "chaid_note": note,
+            "chaid_top_rule": None if top is None else str(top["rule"]),
+            "chaid_top_response_rate": None if top is None else round(float(top["response_rate"]), 4)}

@@ -108,7 +108,10 @@ def _id_order(segment_id: str) -> tuple[int, str]:
 
 
 def segment_plots(k_selection: pd.DataFrame, labels: pd.DataFrame, migration: pd.DataFrame | None = None) -> dict:
-    """All plots of a run, by file stem; the migration heatmap when there is a previous month."""
+    """The segmentation's plots, by file stem; the migration heatmap when there is a previous month.
+
+    The other methods' charts are drawn by their own stages.
+    """
     figures = {"elbow": elbow_plot(k_selection), "silhouette": silhouette_plot(k_selection)}
     for stem, (x, y) in SCATTERS.items():
         figures[stem] = scatter_plot(labels, x, y)

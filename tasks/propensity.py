@@ -37,11 +37,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from customer_segments.tasks.defaults import HORIZON as DEFAULT_HORIZON
 from customer_segments.tasks.errors import ParameterError
 from customer_segments.tasks.rfm import rfm_values
 
 STAGE = "propensity"
-HORIZON = 3
+HORIZON = DEFAULT_HORIZON
 MODEL_FEATURES = ("recency_days", "frequency", "monetary", "AvgOrderValue")
 LOG_FEATURES = ("frequency", "monetary", "AvgOrderValue")
 # Fewer customers than this, or one outcome only, and a snapshot cannot train or judge a model.
@@ -243,7 +244,9 @@ def propensity_facts(clean: pd.DataFrame, scores: pd.DataFrame, deciles: pd.Data
     clean = clean.loc[(clean["InvoiceDate"] < cutoff).to_numpy()]
     fit = snapshot(clean, t_fit, label_end=t_train)
     train = snapshot(clean, t_train, label_end=cutoff)
-    note = holdout_note(fit, train, t_fit, t_train)
+    untrained = unusable(train, f"T_train ({t_train.date()})")
+    note = (f"no model: {untrained}; it needs more history before the cutoff or a shorter horizon"
+            if untrained else holdout_note(fit, train, t_fit, t_train))
     scored = scores.loc[scores["holdout_probability"].notna().to_numpy()]
     label = scored["repurchased"].to_numpy(dtype="int64")
     has_holdout = note is None and len(deciles) > 0
@@ -303,3 +306,29 @@ def gains_chart(deciles: pd.DataFrame):
     lifts.set_title("Lift per decile (holdout)")
     lifts.legend(loc="upper right")
     return fig
+
+
+def propensity_metrics(frames, params) -> dict:
+    """ROC AUC and top-decile lift on the time-split holdout, with the snapshots' sizes."""
+    return propensity_facts(frames["clean_invoices"], frames["propensity_scores"], frames["propensity_deciles"],
+                            params["cutoff"], params["horizon"])
+
+
+def propensity_stage(clean: pd.DataFrame, cutoff, horizon: int = HORIZON
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """The propensity stage: scores, the holdout's decile table, the coefficients and the gains chart.
+
+    Early in a series (or with a short window) there may be too little history to train the
+    model: the run goes on with empty tables, and the manifest's `note` says why.
+    """
+    try:
+        scores, deciles, coefficients = propensity(clean, cutoff, horizon)
+    except ParameterError:
+        empty_scores = pd.DataFrame({"CustomerID": pd.Series(dtype="str"), "probability": pd.Series(dtype="float64"),
+                                     "decile": pd.Series(dtype="int64"), "repurchased": pd.Series(dtype="Int64"),
+                                     "holdout_probability": pd.Series(dtype="float64")})
+        empty_coefficients = pd.DataFrame({"feature": pd.Series(dtype="str"), "coefficient": pd.Series(dtype="float64"),
+                                           "odds_ratio": pd.Series(dtype="float64")})
+        return empty_scores, empty_decile_table(), empty_coefficients, {}
+    figures = {"propensity_gains": gains_chart(deciles)} if len(deciles) else {}
+    return scores, deciles, coefficients, figures

@@ -172,3 +172,10 @@ def rfm_metrics(frames, params) -> dict:
     counts = frames["rfm_scores"]["rfm_segment"].value_counts(sort=False)
     counts = counts.sort_index().sort_values(ascending=False, kind="stable")
     return {"rfm_segments": {str(k): int(v) for k, v in counts.items()}}
+
+
+def rfm_stage(clean: pd.DataFrame, labels: pd.DataFrame, cutoff, rfm_segments: list[dict]
+              ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The rfm stage: scores and named segments per customer, their cross-tab with k-means, the heatmap."""
+    scores = rfm_scores(clean, cutoff, pd.DataFrame(rfm_segments))
+    return scores, rfm_profile(scores, labels), {"rfm_heatmap": rfm_heatmap(scores)}

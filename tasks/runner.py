@@ -43,7 +43,7 @@ class Stage:
     """A pipeline step: which datasets it reads and writes, and the pure function in between.
 
     `transform(*input_frames, **params)` returns one DataFrame per output (a tuple when there are
-    several), or for a figure stage a dict of matplotlib Figures by file stem. `metrics(frames,
+    several); a figure stage returns them followed by a dict of matplotlib Figures by file stem. `metrics(frames,
     params)` returns the facts the manifest records (and later quality gates may refer to).
     """
 
@@ -145,12 +145,12 @@ def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef]
     params = {p: context.params.get(p) for p in stage.params}
     result = stage.transform(*frames.values(), **params)
 
-    if stage.figures:
-        produced: dict[str, pd.DataFrame] = {}
-        files = {f"plots/{stem}.png": _png_bytes(fig) for stem, fig in sorted(result.items())}
-    else:
-        produced = dict(zip(stage.outputs, result if isinstance(result, tuple) else (result,), strict=True))
-        files = {}
+    # A figure stage returns its tables (if any) and then a dict of figures by file stem.
+    parts = result if isinstance(result, tuple) else (result,)
+    figures = parts[-1] if stage.figures else {}
+    tables = parts[:-1] if stage.figures else parts
+    produced = dict(zip(stage.outputs, tables, strict=True))
+    files = {f"plots/{stem}.png": _png_bytes(fig) for stem, fig in sorted(figures.items())}
     metrics = _plain(stage.metrics({**frames, **produced}, params)) if stage.metrics else {}
     facts = {**facts, **metrics}  # a stage's own facts (the customer count) are visible to its gates
     _injected_fault(stage.name, "disk-full")

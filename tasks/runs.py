@@ -29,7 +29,9 @@ LATEST = "latest"
 PACKAGES = ("customer-segments", "prefect", "great-expectations", "pandas", "pyarrow", "numpy",
             "scikit-learn", "matplotlib", "kneed", "python-calamine")
 # Parameters a run is defined by (besides its input); resume restores them from the manifest.
-RUN_PARAMETERS = ("as_of", "window", "k", "k_min", "k_max", "encoding", "date_format")
+RUN_PARAMETERS = ("as_of", "window", "k", "k_min", "k_max", "encoding", "date_format", "methods", "horizon",
+                  "basket_min_support", "basket_min_baskets", "basket_min_lift", "basket_max_len",
+                  "chaid_target", "chaid_max_depth", "chaid_min_parent", "chaid_min_child")
 # What makes two months' runs one series: their segment ids are matched only within it.
 SERIES_PARAMETERS = ("window", "k", "k_min", "k_max")
 
@@ -232,8 +234,10 @@ def reference_tables() -> dict[str, Any]:
     service codes recomputes the best sellers, and nothing else.
     """
     from customer_segments.tasks.products import load_service_codes
+    from customer_segments.tasks.rfm import load_rfm_segments
 
-    return {"service_codes": load_service_codes().to_dict(orient="records")}
+    return {"service_codes": load_service_codes().to_dict(orient="records"),
+            "rfm_segments": load_rfm_segments().to_dict(orient="records")}
 
 
 def open_folder(context: RunContext, newest_invoice: str | None) -> RunContext:
@@ -281,7 +285,7 @@ def reusable_run(artifacts: Path, as_of: str, params: dict[str, Any], input_sha2
     code = code_fingerprint()
     for m in reversed(manifests(artifacts / as_of)):
         if (m.status == "completed" and m.input.sha256 == input_sha256 and same_series(m.parameters, params)
-                and all(m.parameters.get(p) == params.get(p) for p in ("encoding", "date_format"))
+                and all(m.parameters.get(p) == params.get(p) for p in ("encoding", "date_format", "methods", "horizon"))
                 and (m.previous or {}).get("run_id") == want_previous and m.environment.get("code") == code):
             return m
     return None

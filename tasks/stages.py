@@ -6,6 +6,8 @@ dataset names are the file names in the run folder and the names of their qualit
 
 from __future__ import annotations
 
+from customer_segments.tasks.basket import basket_metrics, basket_stage
+from customer_segments.tasks.chaid import chaid_metrics, chaid_stage
 from customer_segments.tasks.clean import clean_invoices, clean_metrics
 from customer_segments.tasks.cluster import cluster_labels, cluster_metrics
 from customer_segments.tasks.features import customer_features, feature_metrics
@@ -14,6 +16,8 @@ from customer_segments.tasks.migration import migration, migration_metrics
 from customer_segments.tasks.normalize import normalize_features
 from customer_segments.tasks.plots import segment_plots
 from customer_segments.tasks.profile import profile, profile_metrics
+from customer_segments.tasks.propensity import propensity_metrics, propensity_stage
+from customer_segments.tasks.rfm import rfm_metrics, rfm_stage
 from customer_segments.tasks.runner import Stage
 from customer_segments.tasks.select_k import k_metrics, k_selection
 from customer_segments.tasks.stability import segment_stability, stability_metrics
@@ -58,8 +62,31 @@ MIGRATION = Stage(
     "migration", migration, inputs=("cluster_labels", "previous_labels"), optional=("previous_labels",),
     outputs=("segment_migration", "movers"), metrics=migration_metrics,
 )
+
+# The article's other methods; each can be switched off. Each draws its own chart.
+BASKET = Stage(
+    "basket", basket_stage, inputs=("clean_invoices", "cluster_labels"),
+    outputs=("basket_rules", "recommendations"),
+    params=("service_codes", "basket_min_support", "basket_min_baskets", "basket_min_lift", "basket_max_len"),
+    metrics=basket_metrics, figures=True,
+)
+RFM = Stage(
+    "rfm", rfm_stage, inputs=("clean_invoices", "cluster_labels"), outputs=("rfm_scores", "rfm_profile"),
+    params=("cutoff", "rfm_segments"), metrics=rfm_metrics, figures=True,
+)
+PROPENSITY = Stage(
+    "propensity", propensity_stage, inputs=("clean_invoices",),
+    outputs=("propensity_scores", "propensity_deciles", "propensity_coefficients"),
+    params=("cutoff", "horizon"), metrics=propensity_metrics, figures=True,
+)
+CHAID = Stage(
+    "chaid", chaid_stage, inputs=("clean_invoices", "cluster_labels"), outputs=("chaid_segments", "chaid_assignment"),
+    params=("cutoff", "horizon", "chaid_target", "chaid_max_depth", "chaid_min_parent", "chaid_min_child"),
+    metrics=chaid_metrics,
+)
 PLOTS = Stage("plots", segment_plots, inputs=("k_selection", "cluster_labels", "segment_migration"), figures=True)
 
-STAGES = (INGEST, CLEAN, FEATURES, NORMALIZE, SELECT_K, CLUSTER, STABILITY, PROFILE, MIGRATION, PLOTS)
+STAGES = (INGEST, CLEAN, FEATURES, NORMALIZE, SELECT_K, CLUSTER, STABILITY, PROFILE, MIGRATION,
+          BASKET, RFM, PROPENSITY, CHAID, PLOTS)
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 BY_NAME = {stage.name: stage for stage in STAGES}

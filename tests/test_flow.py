@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from uuid import UUID
 
@@ -27,6 +28,10 @@ UPSTREAM = {
     "profile": {"cluster", "clean", "stability", "open_run"},
     "migration": {"cluster", "previous_run", "open_run"},
     "plots": {"select_k", "cluster", "migration", "open_run"},
+    "propensity": {"clean", "open_run"},
+    "basket": {"clean", "cluster", "open_run"},
+    "rfm": {"clean", "cluster", "open_run"},
+    "chaid": {"clean", "cluster", "open_run"},
 }
 
 
@@ -101,15 +106,22 @@ def test_each_stage_logs_one_line_for_an_auditor(sample_run):
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     manifest, _ = sample_run
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(manifest.flow_run_id)])))
-    lines = [log.message for log in logs]
+    stages = ("ingest", "clean", "features", "normalize", "select_k", "cluster", "stability", "profile", "migration",
+              "plots", "basket", "rfm", "propensity", "chaid")
+    deadline = time.monotonic() + 30  # logs reach the API in batches, a little after the run
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(manifest.flow_run_id)])))
+        lines = [log.message for log in logs]
+        if all(any(line.startswith(f"{s}: ") for line in lines) for s in stages) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     clean = next(line for line in lines if line.startswith("clean: "))
     rows = manifest.stages["clean"]
     assert f"{manifest.input.rows:,} rows in" in clean
     assert f"clean_invoices {rows.outputs['clean_invoices'].rows:,} rows" in clean
     assert "computed in" in clean and "gate clean_invoices:" in clean and "critical failed" in clean
-    for stage in ("ingest", "features", "normalize", "select_k", "cluster", "stability", "profile", "migration", "plots"):
+    for stage in stages:
         assert any(line.startswith(f"{stage}: ") for line in lines), stage
 
 

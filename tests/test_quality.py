@@ -29,6 +29,19 @@ DATASETS = {
     "cluster_labels": ("customers", "k"),
     "segment_profiles": ("customers", "k"),
     "top_products": (),
+    "segment_lineage": ("k",),
+    "segment_stability": ("k",),
+    "segment_migration": ("customers", "previous_customers"),
+    "movers": (),
+    "basket_rules": ("basket_max_len", "basket_min_baskets", "basket_min_lift"),
+    "recommendations": ("basket_min_lift",),
+    "rfm_scores": ("customers",),
+    "rfm_profile": ("customers",),
+    "propensity_scores": (),
+    "propensity_deciles": (),
+    "propensity_coefficients": (),
+    "chaid_segments": ("chaid_max_depth", "chaid_min_child"),
+    "chaid_assignment": (),
 }
 RUN = {"run_date": "2011-12-10T00:00:00", "cutoff": "2011-12-01T00:00:00", "k_max": 3}
 
@@ -90,6 +103,7 @@ def labels_frame(k: int = 3) -> pd.DataFrame:
         labels[f"{name}_norm"] = normalized[name]
     labels["segment"] = np.array([0, 1, 2, 0, 1], dtype="int64") % k
     labels["segment_name"] = text([f"Segment {s}" for s in labels["segment"]])
+    labels["segment_id"] = text([f"S{s + 1}" for s in labels["segment"]])
     return labels
 
 
@@ -99,8 +113,11 @@ def profiles_frame() -> pd.DataFrame:
         {
             "segment": np.array([0, 1, 2], dtype="int64"),
             "segment_name": text(["High value", "Frequent, small orders", "Low value"]),
+            "segment_id": text(["S1", "S2", "S4"]),
             "size": size,
             "share": size / size.sum(),
+            "transition": text(["survived", "split", "emerged"]),
+            "stability": [0.9, 0.7, 0.4],
             "center_TotalSales": [0.9, -0.1, -1.2],
             "mean_TotalSales": [1000.0, 150.0, 12.0],
             "median_TotalSales": [1000.0, 150.0, 12.0],
@@ -529,8 +546,10 @@ def test_invoice_numbers_of_any_length_pass_and_a_c_prefix_keeps_its_meaning():
     df["InvoiceNo"] = df["InvoiceNo"].str.replace("536", "1536", regex=False)  # seven digits
     gate = validate(df, "raw_invoices", RUN)
     assert gate.success and gate.failed_warning == []
-    df.loc[0, "InvoiceNo"] = "C" + df.loc[0, "InvoiceNo"]  # a cancellation with a positive quantity
-    warning = only(validate(df, "raw_invoices", RUN).failed_warning, "expect_column_values_to_not_match_regex", "InvoiceNo")
+    clean = clean_frame()
+    clean.loc[0, "InvoiceNo"] = "C" + clean.loc[0, "InvoiceNo"]  # a "cancellation" with a positive quantity
+    warning = only(validate(clean, "clean_invoices", RUN).failed_warning, "expect_column_values_to_not_match_regex",
+                   "InvoiceNo")
     assert "starting with C marks a cancellation" in warning.describe()
 
 

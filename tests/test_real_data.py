@@ -40,6 +40,14 @@ def check_known_facts(manifest: Manifest) -> None:
     assert manifest.metric("select_k", "best_silhouette_k") == 4
     assert manifest.k == 4
     assert manifest.silhouette == pytest.approx(0.41, abs=0.01)
+    # The other methods on the same data (their own tests pin the details: test_basket.py,
+    # test_methods.py): 1,196 rules for all customers at the default thresholds, 3,052 raw lines
+    # of service codes of which 1,577 survive cleaning, ROC AUC 0.740 with horizon 3.
+    by_segment = {row["segment"]: row for row in manifest.metric("basket", "rules_by_segment")}
+    assert by_segment[-1]["rules"] == 1_196 and by_segment[-1]["baskets"] == 17_626
+    assert manifest.metric("profile", "service_lines_excluded") == 1_577
+    assert manifest.metric("propensity", "roc_auc") == pytest.approx(0.7404, abs=0.001)
+    assert sum(manifest.metric("rfm", "rfm_segments").values()) == 4_298
 
 
 def test_real_parquet_known_facts(parquet_run):

@@ -172,7 +172,12 @@ class GxState:
     def __init__(self) -> None:
         os.environ["GX_ANALYTICS_ENABLED"] = "false"  # again, in case it was changed since
         import great_expectations as gx
+        from great_expectations.execution_engine import pandas_execution_engine
 
+        # GX fingerprints every DataFrame batch below this size with an MD5 of all its values
+        # (0.14 s at 541,909 lines, seconds at millions). The stage runner hashes every output's
+        # bytes already, so the fingerprint only costs time: 0 turns it off.
+        pandas_execution_engine.HASH_THRESHOLD = 0
         product_expectation.register()
         self.gx = gx
         self.lock = threading.RLock()

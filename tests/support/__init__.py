@@ -26,9 +26,11 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 PARQUETS = ("clean_invoices", "customer_features", "normalized_features", "k_selection",
             "cluster_labels", "segment_lineage", "segment_stability", "segment_profiles", "top_products",
-            "segment_migration", "movers")
+            "segment_migration", "movers", "basket_rules", "recommendations", "rfm_scores", "rfm_profile",
+            "propensity_scores", "propensity_deciles", "propensity_coefficients", "chaid_segments",
+            "chaid_assignment")
 PLOTS = ("elbow", "silhouette", "ordercount_vs_totalsales", "ordercount_vs_avgordervalue",
-         "totalsales_vs_avgordervalue")
+         "totalsales_vs_avgordervalue", "basket_top_rules", "rfm_heatmap", "propensity_gains")
 OUTPUTS = (*(f"{d}.parquet" for d in PARQUETS), *(f"plots/{p}.png" for p in PLOTS))
 
 
