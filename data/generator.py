@@ -695,3 +695,29 @@ def write_sample(path: Path | str = SAMPLE_PATH) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     generate(**SAMPLE_PARAMS).invoices.to_parquet(path, index=False)
     return path
+
+
+def generate_parts(out_dir: Path | str, customers: int, months: int = 13, seed: int = 0,
+                   part_customers: int = 40_000) -> list[Path]:
+    """Write a large input as a folder of Parquet parts, one batch of customers at a time.
+
+    Never holds more than one part in memory, so inputs far larger than memory (100 million
+    lines) can be made on a small machine. Each part is `generate(...)` for its own customers
+    and seed; customer ids and invoice numbers are shifted by the part's number so that they
+    never collide across parts (numbers still grow with time within a part).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, start in enumerate(range(0, customers, part_customers)):
+        batch = generate(customers=min(part_customers, customers - start), months=months,
+                         seed=seed * 100_003 + index).invoices
+        ids = pd.to_numeric(batch["CustomerID"], errors="coerce")
+        batch["CustomerID"] = (ids + index * 10**7).astype("Int64").astype("str").where(ids.notna())
+        cancelled = batch["InvoiceNo"].str.startswith("C")
+        number = pd.to_numeric(batch["InvoiceNo"].str.lstrip("C")) + index * 10**8
+        batch["InvoiceNo"] = number.astype("str").where(~cancelled, "C" + number.astype("str"))
+        path = out / f"part-{index:05d}.parquet"
+        batch.to_parquet(path, index=False)
+        written.append(path)
+    return written

@@ -5,6 +5,7 @@ Artifact keys are stable, so the UI's Artifacts page shows each key's history ac
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,11 @@ SUMMARY_KEY = "segmentation-summary"
 PROFILES_KEY = "segment-profiles"
 QUALITY_KEY = "data-quality"
 RUN_FOLDER_KEY = "run-folder"
+REPORT_KEY = "run-report"
+# The summary shows the segmentation's plots first, then those of the other methods.
+PLOT_ORDER = {name: i for i, name in enumerate((
+    "ordercount_vs_totalsales", "ordercount_vs_avgordervalue", "totalsales_vs_avgordervalue", "elbow", "silhouette",
+    "segment_migration", "basket_top_rules", "rfm_heatmap", "propensity_gains"))}
 
 
 def stage_line(result: StageResult, upstream: Sequence[StageResult]) -> str:
@@ -173,12 +179,21 @@ def summary_markdown(manifest: Manifest, profiles: list[dict[str, Any]]) -> str:
                 outcome = "passed with warnings"
             lines.append(f"| {g['dataset']} | {outcome} | {g['evaluated']} | {g['failed_critical']} | "
                          f"{g['warnings'] or '-'} |")
-    lines += ["", "## Files", "", f"- [Run folder]({run_dir.as_uri()})"]
-    for png in sorted((run_dir / "plots").glob("*.png")):
-        lines.append(f"- [{png.stem.replace('_', ' ')}]({png.as_uri()})")
+    report = run_dir / "report.html"
+    lines += ["", "## Files", ""]
+    if report.exists():
+        lines.append(f"- [The run's report]({report.as_uri()}) (one self-contained page)")
+    lines.append(f"- [Run folder]({run_dir.as_uri()})")
     docs = run_dir / "validation" / "docs" / "index.html"
     if docs.exists():
         lines.append(f"- [Data Docs]({docs.as_uri()})")
+    # The plots themselves, as data URIs: the UI renders them, wherever the run folder lives.
+    plots = sorted((run_dir / "plots").glob("*.png"), key=lambda p: (PLOT_ORDER.get(p.stem, len(PLOT_ORDER)), p.stem))
+    if plots:
+        lines += ["", "## Plots", ""]
+        for png in plots:
+            title = png.stem.replace("_", " ").capitalize()
+            lines += [f"### {title}", "", f"![{title}](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -197,3 +212,7 @@ def publish(manifest: Manifest) -> None:
                           description=description)
     create_link_artifact(run_dir.resolve().as_uri(), link_text=str(run_dir), key=RUN_FOLDER_KEY,
                          description=description)
+    report = run_dir / "report.html"
+    if report.exists():
+        create_link_artifact(report.resolve().as_uri(), link_text=f"Report of run {manifest.run_id}", key=REPORT_KEY,
+                             description=description)

@@ -60,6 +60,11 @@ ChaidParentOption = Annotated[int, typer.Option("--chaid-min-parent", min=2, hel
 ChaidChildOption = Annotated[int, typer.Option("--chaid-min-child", min=1, help="Smallest node a CHAID split may make.")]
 MinSupportOption = Annotated[float, typer.Option("--min-support", min=0.0, max=1.0, help="Smallest share of baskets an itemset must be in.")]
 MinBasketsOption = Annotated[int, typer.Option("--min-baskets", min=1, help="Smallest number of baskets an itemset must be in.")]
+EngineOption = Annotated[str, typer.Option(
+    "--engine", help="Where the line-level stages run: pandas (this machine) or dask (a dask.distributed cluster).")]
+DaskAddressOption = Annotated[Optional[str], typer.Option(
+    "--dask-address", help="Scheduler of an existing dask cluster, e.g. tcp://HOST:8786 (with --engine dask); "
+                           "default: a local cluster of two worker processes.")]
 MinLiftOption = Annotated[float, typer.Option("--min-lift", min=0.0, help="Smallest lift of a rule.")]
 LandingOption = Annotated[Path, typer.Option("--landing", help="File or folder of exports that scheduled runs read.")]
 CronOption = Annotated[str, typer.Option("--cron", help="When to run (cron, in --timezone).")]
@@ -89,6 +94,8 @@ def run(
     min_support: MinSupportOption = defaults.BASKET_MIN_SUPPORT,
     min_baskets: MinBasketsOption = defaults.BASKET_MIN_BASKETS,
     min_lift: MinLiftOption = defaults.BASKET_MIN_LIFT,
+    engine: EngineOption = defaults.ENGINE,
+    dask_address: DaskAddressOption = None,
     refresh: RefreshOption = False,
     from_stage: FromStageOption = None,
     json_out: JsonOption = False,
@@ -100,11 +107,11 @@ def run(
     """
     parameters = dict(input_path=str(input), as_of=as_of, window=window, k=k, k_min=k_min, k_max=k_max,
                       encoding=encoding, date_format=date_format, artifacts=str(artifacts), refresh=refresh,
-                      from_stage=from_stage,
+                      from_stage=from_stage, engine=engine,
                       **_method_params(no_basket, no_rfm, no_propensity, no_chaid, horizon, chaid_target,
                                        chaid_max_depth, chaid_min_parent, chaid_min_child, min_support,
                                        min_baskets, min_lift))
-    _run_flow(parameters, json_out, verbose)
+    _run_flow(parameters, json_out, verbose, engine, dask_address)
 
 
 def _method_params(no_basket, no_rfm, no_propensity, no_chaid, horizon, chaid_target, chaid_max_depth,
@@ -245,6 +252,33 @@ def backfill(
 
 
 @app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="Run id, as printed by `segment run` and `segment history`.")],
+    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    open_it: Annotated[bool, typer.Option("--open", help="Open the report in a web browser too.")] = False,
+) -> None:
+    """Print the path of a run's report.html (building it first for runs that have none), and open it."""
+    from customer_segments.flows.report import build_report
+    from customer_segments.tasks import runs
+    from customer_segments.tasks.errors import PipelineError
+
+    try:
+        run_dir = runs.find_run(artifacts, run_id)
+    except PipelineError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    path = run_dir / "report.html"
+    if not path.exists():
+        path = build_report(run_dir)
+    typer.echo(str(path.resolve()))
+    if open_it:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            typer.echo(f"(no web browser here: open {path.resolve().as_uri()} yourself)")
+
+
+@app.command()
 def compare(
     run_a: Annotated[str, typer.Argument(help="The earlier run id.")],
     run_b: Annotated[str, typer.Argument(help="The later run id.")],
@@ -266,13 +300,27 @@ def compare(
 def resume(
     run_id: Annotated[str, typer.Argument(help="Run id, as printed by `segment run` and `segment history`.")],
     artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    dask_address: DaskAddressOption = None,
     refresh: RefreshOption = False,
     from_stage: FromStageOption = None,
     json_out: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Complete a failed or interrupted run in its own folder: finished stages are reused."""
-    _run_flow(dict(run_id=run_id, artifacts=str(artifacts), refresh=refresh, from_stage=from_stage), json_out, verbose)
+    engine = _engine_of(artifacts, run_id)
+    _run_flow(dict(run_id=run_id, artifacts=str(artifacts), refresh=refresh, from_stage=from_stage), json_out, verbose,
+              engine, dask_address)
+
+
+def _engine_of(artifacts: Path, run_id: str) -> str:
+    """The engine a run was made with (its manifest's parameters), for resuming it the same way."""
+    from customer_segments.tasks import runs, storage
+
+    try:
+        return storage.read_json(runs.find_run(artifacts, run_id) / runs.MANIFEST)["parameters"].get(
+            "engine") or defaults.ENGINE
+    except Exception:  # no such run: the flow says so in its own words
+        return defaults.ENGINE
 
 
 @app.command()
@@ -328,14 +376,25 @@ def deploy(
 
 @app.command()
 def generate(
-    out: Annotated[Path, typer.Option("--out", help="File to write: .parquet, .csv or .xlsx.")],
+    out: Annotated[Path, typer.Option("--out", help="File to write: .parquet, .csv or .xlsx; with --part-customers, a folder.")],
     customers: Annotated[int, typer.Option("--customers", min=10)] = 2000,
     months: Annotated[int, typer.Option("--months", min=2)] = 13,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    part_customers: Annotated[Optional[int], typer.Option(
+        "--part-customers", min=10, help="Write a folder of Parquet parts of this many customers each, one at a "
+                                         "time (for inputs larger than memory).")] = None,
 ) -> None:
     """Write synthetic invoice lines with planted customer segments."""
     from customer_segments.data.generator import generate as make
+    from customer_segments.data.generator import generate_parts
 
+    if part_customers:
+        parts = generate_parts(out, customers=customers, months=months, seed=seed, part_customers=part_customers)
+        import pyarrow.parquet as pq
+
+        lines = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+        typer.echo(f"Wrote {lines:,} invoice lines of {customers:,} customers to {out} ({len(parts)} parts)")
+        return
     invoices = make(customers=customers, months=months, seed=seed).invoices
     write_table(invoices, out)
     typer.echo(f"Wrote {len(invoices):,} invoice lines of {customers:,} customers to {out}")
@@ -412,18 +471,34 @@ def _sizes_text(manifest) -> str:
     return " ".join(f"{sid}:{n:,}" for sid, n in sizes.items())
 
 
-def _run_flow(parameters: dict, json_out: bool, verbose: bool) -> None:
+def _run_flow(parameters: dict, json_out: bool, verbose: bool, engine: str = defaults.ENGINE,
+              dask_address: str | None = None) -> None:
     """Run the flow and end the command the same way for run and resume: summary, JSON, exit code."""
     # Before anything else: the helpers' imports then overlap the server and Prefect's start-up.
-    _helpers().start()
+    _helpers().start(worker=engine != "dask")
     try:
         _connect()
         from customer_segments.flows.pipeline import segmentation
 
         _quiet_console(verbose)
-        _finish(lambda: segmentation(**parameters), json_out, verbose)
+        flow = _with_engine(segmentation, engine, dask_address)
+        _finish(lambda: flow(**parameters), json_out, verbose)
     finally:
         _helpers().stop()
+
+
+def _with_engine(flow, engine: str, dask_address: str | None):
+    """The flow as it runs on the chosen engine: on dask, its tasks go to the cluster's workers."""
+    if engine != "dask":
+        if dask_address:
+            raise typer.BadParameter("--dask-address goes with --engine dask", param_hint="--dask-address")
+        return flow
+    from prefect_dask import DaskTaskRunner
+
+    runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
+        cluster_kwargs={"n_workers": defaults.DASK_WORKERS, "threads_per_worker": 1, "processes": True,
+                        "dashboard_address": None})
+    return flow.with_options(task_runner=runner)
 
 
 def _finish(call, json_out: bool, verbose: bool) -> None:

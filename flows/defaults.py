@@ -24,6 +24,12 @@ BACKFILL_FLOW_NAME = "customer-segmentation-backfill"
 INPUT_PATH = "data/incoming"
 ARTIFACTS = "artifacts"
 
+# Where the line-level stages run: "pandas" in this process (and its helpers), or "dask" on a
+# dask.distributed cluster (a LocalCluster of DASK_WORKERS processes unless --dask-address names one).
+ENGINE = "pandas"
+ENGINES = ("pandas", "dask")
+DASK_WORKERS = 2
+
 # The monthly deployment: `segment serve` and `segment deploy` register it under this name.
 DEPLOYMENT_NAME = "monthly-segmentation"
 DEPLOYMENT_DESCRIPTION = "Monthly customer re-segmentation of the landing folder's invoice exports."
@@ -33,7 +39,7 @@ TIMEZONE = "UTC"
 # The as-of value a scheduled run passes: the month of the run's scheduled start.
 SCHEDULED = "scheduled"
 
-__all__ = ["ARTIFACTS", "BACKFILL_FLOW_NAME", "BASKET_MAX_LEN", "BASKET_MIN_BASKETS", "BASKET_MIN_LIFT",
+__all__ = ["ARTIFACTS", "BACKFILL_FLOW_NAME", "DASK_WORKERS", "ENGINE", "ENGINES", "BASKET_MAX_LEN", "BASKET_MIN_BASKETS", "BASKET_MIN_LIFT",
            "BASKET_MIN_SUPPORT", "CHAID_MAX_DEPTH", "CHAID_MIN_CHILD", "CHAID_MIN_PARENT", "CHAID_TARGET", "CRON",
            "DEPLOYMENT_DESCRIPTION", "DEPLOYMENT_NAME", "DEPLOYMENT_TAGS", "FLOW_NAME", "HORIZON", "INPUT_PATH",
            "K_MAX", "K_MIN", "METHODS", "SCHEDULED", "TIMEZONE"]

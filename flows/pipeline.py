@@ -190,6 +190,7 @@ def segmentation(
     chaid_min_child: int = defaults.CHAID_MIN_CHILD,
     refresh: bool = False,
     from_stage: str | None = None,
+    engine: str = defaults.ENGINE,
     run_id: str | None = None,
     input_sha256: str | None = None,
 ) -> Manifest:
@@ -199,8 +200,10 @@ def segmentation(
     its own folder (resume). A retry of the same flow run does the same. input_sha256 spares
     hashing the input again when the caller just did (a backfill's months).
     """
-    helpers.start()  # imports Great Expectations and the methods' libraries meanwhile
-    options = {"methods": list(methods), "horizon": horizon,
+    # The helpers import Great Expectations and the methods' libraries meanwhile; on the dask engine
+    # the stages run on the cluster's workers, and only the validator (Data Docs) is of use here.
+    helpers.start(worker=engine != "dask")
+    options = {"engine": engine, "methods": list(methods), "horizon": horizon,
                "basket_min_support": basket_min_support, "basket_min_baskets": basket_min_baskets,
                "basket_min_lift": basket_min_lift, "basket_max_len": basket_max_len, "chaid_target": chaid_target,
                "chaid_max_depth": chaid_max_depth, "chaid_min_parent": chaid_min_parent, "chaid_min_child": chaid_min_child}
@@ -233,6 +236,7 @@ def segmentation(
         # The caller (CLI, tests) gets the run's state along with the error.
         exc.manifest = ledger.finish("failed", error=str(exc))
         raise
+    write_report(manifest)
     audit.publish(manifest)
     get_run_logger().info("Run %s completed: %s", manifest.run_id, manifest.run_dir)
     return manifest
@@ -284,6 +288,14 @@ def backfill(
     return done
 
 
+def write_report(manifest: Manifest) -> None:
+    """The run's report.html, for the people who act on the segments (see flows/report.py)."""
+    from customer_segments.flows.report import build_report
+
+    path = build_report(Path(manifest.run_dir))
+    get_run_logger().info("Report: %s", path)
+
+
 def label_flow_run(context: RunContext) -> None:
     """Name the flow run after its month and tag it, so the UI's run list reads as a history."""
     flow_run_id = flow_run.get_id()
@@ -315,6 +327,8 @@ def prepare_run(input_path, as_of, k, k_min, k_max, window, encoding, date_forma
     if window is not None and window < 1:
         raise ParameterError("clean", f"--window must be a number of months of at least 1, got {window}")
     options = dict(options or {})
+    if options.get("engine", defaults.ENGINE) not in defaults.ENGINES:
+        raise ParameterError("run", f"--engine must be one of {', '.join(defaults.ENGINES)}, got {options['engine']!r}")
     unknown = sorted(set(options.get("methods", [])) - set(defaults.METHODS))
     if unknown:
         raise ParameterError("run", f"unknown method(s) {', '.join(unknown)}; the methods are {', '.join(defaults.METHODS)}")

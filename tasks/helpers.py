@@ -57,18 +57,21 @@ def channel(name: str) -> Channel | None:
     return found if found is not None and found.alive() else None
 
 
-def start() -> None:
-    """Start the validator and the worker now, so that their imports overlap the command's start."""
+def start(worker: bool = True) -> None:
+    """Start the validator (and the worker) now, so that their imports overlap the command's start."""
     from multiprocessing.connection import Connection
 
-    if channel("gate") is not None and channel("work") is not None:
+    if channel("gate") is not None and (channel("work") is not None or not worker):
         return
     stop()
     to_gate, to_work, work_to_gate = socket.socketpair(), socket.socketpair(), socket.socketpair()
     validator = _spawn("serve_validator", to_gate[1], work_to_gate[1])
-    worker = _spawn("serve_worker", to_work[1], work_to_gate[0])
     _channels["gate"] = Channel(Connection(to_gate[0].detach()), validator)
-    _channels["work"] = Channel(Connection(to_work[0].detach()), worker)
+    if worker:
+        _channels["work"] = Channel(Connection(to_work[0].detach()), _spawn("serve_worker", to_work[1], work_to_gate[0]))
+    else:
+        for end in (*to_work, work_to_gate[0]):
+            end.close()
     atexit.register(stop)
 
 

@@ -10,16 +10,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 StageStatus = Literal["running", "completed", "cached", "failed"]
 RunStatus = Literal["running", "completed", "failed"]
 
 
+class PartRef(BaseModel):
+    """One Parquet file of a partitioned dataset."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str            # its name inside the dataset's folder
+    sha256: str
+    rows: int
+
+
 class DatasetRef(BaseModel):
     """A file a stage wrote: where it is (relative to the artifacts folder) and what it holds.
 
-    Tables have rows and columns; figures and quality reports have neither.
+    Tables have rows and columns; figures and quality reports have neither. A partitioned table
+    (the line-level datasets of the dask engine) is a folder of Parquet parts: `parts` lists them
+    with their own hashes, and `sha256` is the hash of that list.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -30,10 +42,15 @@ class DatasetRef(BaseModel):
     sha256: str
     rows: int | None = None
     columns: list[str] | None = None
+    parts: list[PartRef] | None = None
 
     @property
     def is_table(self) -> bool:
         return self.rows is not None
+
+    @property
+    def is_partitioned(self) -> bool:
+        return self.parts is not None
 
     def resolve(self, artifacts: Path | str) -> Path:
         return Path(artifacts) / self.path
@@ -41,6 +58,15 @@ class DatasetRef(BaseModel):
 
 class StageRecord(BaseModel):
     """One stage of one run, as the manifest records it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_outputs(cls, data: Any) -> Any:
+        """Manifests written before references carried their name keep it only as the key."""
+        if isinstance(data, dict) and isinstance(data.get("outputs"), dict):
+            data = dict(data, outputs={key: ({"name": key, **ref} if isinstance(ref, dict) and "name" not in ref else ref)
+                                       for key, ref in data["outputs"].items()})
+        return data
 
     status: StageStatus
     cache_key: str | None = None

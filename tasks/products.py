@@ -87,5 +87,11 @@ def product_lines(clean: pd.DataFrame, codes: pd.DataFrame | None) -> pd.DataFra
 def product_names(clean: pd.DataFrame) -> pd.DataFrame:
     """The most frequent description of each StockCode (exports spell some items several ways)."""
     counts = clean.groupby(["StockCode", "Description"], sort=True).size().rename("n").reset_index()
-    counts = counts.sort_values(["StockCode", "n"], ascending=[True, False], kind="stable")
+    return most_frequent_names(counts)
+
+
+def most_frequent_names(counts: pd.DataFrame) -> pd.DataFrame:
+    """From (StockCode, Description, n) counts: each StockCode's most frequent description
+    (the first in description order on a tie)."""
+    counts = counts.sort_values(["StockCode", "n", "Description"], ascending=[True, False, True], kind="stable")
     return counts.drop_duplicates("StockCode")[["StockCode", "Description"]]

@@ -6,7 +6,7 @@ import pandas as pd
 
 from customer_segments.tasks.cluster import NORMALIZED
 from customer_segments.tasks.features import FEATURES
-from customer_segments.tasks.products import product_lines, product_names
+from customer_segments.tasks.products import most_frequent_names, product_lines
 
 TOP_N = 10
 
@@ -69,18 +69,39 @@ def top_products(
     out before ranking: POSTAGE is on most orders but is not a product anyone chooses.
     """
     lines = product_lines(clean, service_codes)
+    # Integer codes instead of a join on the string ids: at millions of lines a merge on
+    # CustomerID and a nunique per group dominate the stage.
+    position = pd.Index(labels["CustomerID"]).get_indexer(lines["CustomerID"])
+    known = position >= 0
+    segment = labels["segment"].to_numpy()[position[known]]
+    item_code, items = pd.factorize(lines["StockCode"].to_numpy()[known])
+    invoice_code, _ = pd.factorize(lines["InvoiceNo"].to_numpy()[known])
+    grouped = pd.DataFrame({"segment": segment, "item": item_code,
+                            "quantity": lines["Quantity"].to_numpy()[known], "revenue": lines["Sales"].to_numpy()[known]})
+    per_item = grouped.groupby(["segment", "item"], sort=False).agg(quantity=("quantity", "sum"), revenue=("revenue", "sum"))
+    orders = (pd.DataFrame({"segment": segment, "item": item_code, "invoice": invoice_code})
+              .drop_duplicates().groupby(["segment", "item"], sort=False).size())
+    per_item = per_item.assign(orders=orders).reset_index()
+    per_item["StockCode"] = items[per_item["item"].to_numpy()]
+    counts = clean.groupby(["StockCode", "Description"], sort=True).size().rename("n").reset_index()
+    return rank_top_products(per_item[["segment", "StockCode", "orders", "quantity", "revenue"]], labels, counts, top_n)
+
+
+def rank_top_products(per_item: pd.DataFrame, labels: pd.DataFrame, name_counts: pd.DataFrame,
+                      top_n: int = TOP_N) -> pd.DataFrame:
+    """Each segment's top_n items by distinct orders (then revenue, then code), named and labelled.
+
+    per_item: segment, StockCode, orders, quantity, revenue; name_counts: StockCode, Description,
+    n (lines). Both engines rank with this, from totals they compute their own way.
+    """
     keys = ["segment", "segment_name"] + (["segment_id"] if "segment_id" in labels else [])
-    lines = lines[["CustomerID", "InvoiceNo", "StockCode", "Quantity", "Sales"]].merge(
-        labels[["CustomerID", *keys]], on="CustomerID", how="inner", validate="many_to_one"
-    )
-    per_item = lines.groupby([*keys, "StockCode"], sort=False).agg(
-        orders=("InvoiceNo", "nunique"), quantity=("Quantity", "sum"), revenue=("Sales", "sum")
-    ).reset_index()
+    names = labels.drop_duplicates("segment").set_index("segment")[keys[1:]]
+    per_item = per_item.join(names, on="segment")
     ranked = per_item.sort_values(
         ["segment", "orders", "revenue", "StockCode"], ascending=[True, False, False, True], kind="stable"
     )
     top = ranked.groupby("segment", sort=False).head(top_n).reset_index(drop=True)
     top.insert(len(keys), "rank", top.groupby("segment").cumcount().add(1).astype("int64"))
-    top = top.merge(product_names(clean), on="StockCode", how="left", validate="many_to_one")
+    top = top.merge(most_frequent_names(name_counts), on="StockCode", how="left", validate="many_to_one")
     columns = [*keys, "rank", "StockCode", "Description", "orders", "quantity", "revenue"]
-    return top[columns].astype({"orders": "int64", "quantity": "int64"})
+    return top[columns].astype({"orders": "int64", "quantity": "int64", "StockCode": "str", "Description": "str"})

@@ -16,9 +16,11 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -35,6 +37,9 @@ from customer_segments.tasks.quality import gate
 # Bump when the runner changes what it writes, so every cached output is recomputed once.
 RUNNER_VERSION = "2"
 FAULT_SWITCH = "SEGMENT_FAULT"
+# With a hang: a file the hanging process writes its pid to; when it exists, the stage does not
+# hang again (a retry on another worker after the first one was killed completes).
+FAULT_MARKER = "SEGMENT_FAULT_MARKER"
 ENTRY = "entry.json"
 
 
@@ -64,6 +69,11 @@ class Stage:
     retries: int = 0
     # Shared outputs stay in the cache only (the parsed input is the same for every run of a file).
     shared: bool = False
+    # The same stage on the dask engine (line-level work as dask.dataframe on a dask.distributed
+    # cluster): a transform taking partitioned inputs as dask DataFrames and returning dask
+    # DataFrames (written as partitioned datasets) or pandas ones, and its metrics.
+    dask_transform: Callable[..., Any] | None = None
+    dask_metrics: Callable[[Mapping[str, Any], Mapping[str, Any]], dict] | None = None
 
     @cached_property
     def code_version(self) -> str:
@@ -73,8 +83,9 @@ class Stage:
         through the input hashes, those of every later stage.
         """
         modules = {self.transform.__module__, storage.__name__}
-        if self.metrics is not None:
-            modules.add(self.metrics.__module__)
+        for function in (self.metrics, self.dask_transform, self.dask_metrics):
+            if function is not None:
+                modules.add(function.__module__)
         return code_version.fingerprint(sorted(modules), extra=RUNNER_VERSION)
 
 
@@ -141,35 +152,33 @@ def _input_refs(stage: Stage, upstream: Sequence[StageResult]) -> dict[str, Data
 def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef], facts: dict[str, Any],
              entry_dir: Path, key: str) -> dict[str, Any]:
     _injected_fault(stage.name, "fail")
-    frames = {d: load_frame(inputs[d], context.artifacts_dir) if d in inputs else None for d in stage.inputs}
-    params = {p: context.params.get(p) for p in stage.params}
-    result = stage.transform(*frames.values(), **params)
+    on_dask = context.params.get("engine") == "dask" and stage.dask_transform is not None
+    with (dask_client() if on_dask else nullcontext()):
+        frames = {d: (load_dask_frame if on_dask and inputs[d].is_partitioned else load_frame)(inputs[d], context.artifacts_dir)
+                  if d in inputs else None for d in stage.inputs}
+        params = {p: context.params.get(p) for p in stage.params}
+        result = (stage.dask_transform if on_dask else stage.transform)(*frames.values(), **params)
 
-    # A figure stage returns its tables (if any) and then a dict of figures by file stem.
-    parts = result if isinstance(result, tuple) else (result,)
-    figures = parts[-1] if stage.figures else {}
-    tables = parts[:-1] if stage.figures else parts
-    produced = dict(zip(stage.outputs, tables, strict=True))
-    files = {f"plots/{stem}.png": _png_bytes(fig) for stem, fig in sorted(figures.items())}
-    metrics = _plain(stage.metrics({**frames, **produced}, params)) if stage.metrics else {}
-    facts = {**facts, **metrics}  # a stage's own facts (the customer count) are visible to its gates
-    _injected_fault(stage.name, "disk-full")
+        # A figure stage returns its tables (if any) and then a dict of figures by file stem.
+        parts = result if isinstance(result, tuple) else (result,)
+        figures = parts[-1] if stage.figures else {}
+        tables = parts[:-1] if stage.figures else parts
+        produced = dict(zip(stage.outputs, tables, strict=True))
+        files = {f"plots/{stem}.png": _png_bytes(fig) for stem, fig in sorted(figures.items())}
+        measure = stage.dask_metrics if on_dask and stage.dask_metrics else stage.metrics
+        metrics = _plain(measure({**frames, **produced}, params)) if measure else {}
+        facts = {**facts, **metrics}  # a stage's own facts (the customer count) are visible to its gates
+        _injected_fault(stage.name, "disk-full")
 
-    outputs: dict[str, dict[str, Any]] = {}
-    gates: dict[str, dict[str, Any]] = {}
-    for dataset, frame in produced.items():
-        relname = f"{dataset}.parquet"
-        path = entry_dir / relname
-        storage.write_bytes_atomic(path, storage.parquet_bytes(frame))
-        _injected_fault(stage.name, "hang")
-        outcome = gate.check(dataset, path, facts, frame=frame)
-        if not outcome.passed:
-            _reject(stage, context, dataset, path, outcome, metrics, key)
-        gates[dataset] = outcome.summary
-        files[f"validation/{dataset}.json"] = outcome.report
-        sha = storage.sha256_file(path)
-        outputs[dataset] = {"file": relname, "sha256": sha, "rows": len(frame), "columns": [str(c) for c in frame.columns]}
-        remember_frame(sha, frame)
+        outputs: dict[str, dict[str, Any]] = {}
+        gates: dict[str, dict[str, Any]] = {}
+        for dataset, frame in produced.items():
+            info, outcome = _write_table(stage, dataset, frame, entry_dir, facts)
+            if not outcome.passed:
+                _reject(stage, context, dataset, entry_dir / info["file"], outcome, metrics, key)
+            gates[dataset] = outcome.summary
+            files[f"validation/{dataset}.json"] = outcome.report
+            outputs[dataset] = info
     for relname, data in files.items():
         storage.write_bytes_atomic(entry_dir / relname, data)
         outputs[relname] = {"file": relname, "sha256": storage.sha256_bytes(data), "rows": None, "columns": None}
@@ -179,14 +188,37 @@ def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef]
     return entry
 
 
+def _write_table(stage: Stage, dataset: str, frame, entry_dir: Path, facts: dict[str, Any]):
+    """Write one output (a file, or a folder of parts for a dask DataFrame) and validate it."""
+    if storage.is_dask(frame):
+        folder = entry_dir / dataset
+        parts = storage.write_partitioned(frame, folder)
+        _injected_fault(stage.name, "hang")
+        outcome = gate.check_parts(dataset, [folder / p["file"] for p in parts], facts)
+        info = {"file": dataset, "sha256": storage.parts_sha256(parts), "rows": sum(p["rows"] for p in parts),
+                "columns": [str(c) for c in frame.columns], "parts": parts}
+        return info, outcome
+    relname = f"{dataset}.parquet"
+    path = entry_dir / relname
+    data = storage.parquet_bytes(frame)
+    storage.write_bytes_atomic(path, data)
+    _injected_fault(stage.name, "hang")
+    outcome = gate.check(dataset, path, facts, frame=frame)
+    sha = storage.sha256_bytes(data)
+    remember_frame(sha, frame)
+    return {"file": relname, "sha256": sha, "rows": len(frame), "columns": [str(c) for c in frame.columns]}, outcome
+
+
 def _reject(stage: Stage, context: RunContext, dataset: str, path: Path, outcome: gate.GateOutcome,
             metrics: dict[str, Any], key: str) -> None:
     """A critical expectation failed: keep the output for inspection, never as complete."""
     where = context.folder or context.cache_dir / "failed" / context.run_id
     report_path = where / "validation" / f"{dataset}.json"
     storage.write_bytes_atomic(report_path, outcome.report)
-    failed = where / "failed" / f"{dataset}.parquet"
+    failed = where / "failed" / path.name
     failed.parent.mkdir(parents=True, exist_ok=True)
+    if failed.is_dir():
+        shutil.rmtree(failed)
     os.replace(path, failed)
     message = (
         f"Stage {stage.name} stopped on input {context.params.get('input_path')}: {outcome.message}. "
@@ -201,9 +233,9 @@ def _reject(stage: Stage, context: RunContext, dataset: str, path: Path, outcome
 def _injected_fault(stage: str, kind: str) -> None:
     """SEGMENT_FAULT=<stage>:<kind> rehearses a failure in that stage.
 
-    fail: the stage raises; hang: it stops after its first output file is written (for a kill);
-    disk-full: writing its outputs fails as on a full disk. Operators use it to rehearse a failed
-    run's retry and resume; the tests use it too.
+    fail: the stage raises; hang: it stops after its first output file is written (for a kill;
+    once only with SEGMENT_FAULT_MARKER); disk-full: writing its outputs fails as on a full disk.
+    Operators use it to rehearse a failed run's retry and resume; the tests use it too.
     """
     if os.environ.get(FAULT_SWITCH, "") != f"{stage}:{kind}":
         return
@@ -211,6 +243,11 @@ def _injected_fault(stage: str, kind: str) -> None:
         raise InjectedFault(f"stage {stage} failed on purpose ({FAULT_SWITCH}={stage}:fail)")
     if kind == "disk-full":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"({FAULT_SWITCH}={stage}:disk-full)")
+    marker = os.environ.get(FAULT_MARKER)
+    if marker:  # hang once: the process that hangs leaves its pid in the marker, a retry goes on
+        if Path(marker).exists():
+            return
+        Path(marker).write_text(str(os.getpid()))
     while True:  # until killed: the stage's first output file is written, the entry is not
         time.sleep(1)
 
@@ -220,7 +257,9 @@ def _verified_entry(entry_dir: Path) -> dict[str, Any] | None:
     try:
         entry = storage.read_json(entry_dir / ENTRY)
         for info in entry["outputs"].values():
-            if storage.sha256_file(entry_dir / info["file"]) != info["sha256"]:
+            files = [(f"{info['file']}/{p['file']}", p["sha256"]) for p in info["parts"]] if info.get("parts") \
+                else [(info["file"], info["sha256"])]
+            if any(storage.sha256_file(entry_dir / name) != sha for name, sha in files):
                 return None
         return entry
     except (OSError, ValueError, KeyError, TypeError):
@@ -237,9 +276,37 @@ def _place(stage: Stage, context: RunContext, entry_dir: Path, name: str, info: 
     target = source
     if context.folder is not None and not (stage.shared and info["rows"] is not None):
         target = context.folder / info["file"]
-        storage.link_or_copy(source, target)
+        for part in info.get("parts") or [None]:  # a partitioned dataset: each of its parts
+            storage.link_or_copy(source / part["file"] if part else source, target / part["file"] if part else target)
     return DatasetRef(name=name, file=info["file"], path=target.relative_to(context.artifacts_dir).as_posix(),
-                      sha256=info["sha256"], rows=info["rows"], columns=info["columns"])
+                      sha256=info["sha256"], rows=info["rows"], columns=info["columns"], parts=info.get("parts"))
+
+
+def load_dask_frame(ref: DatasetRef, artifacts: Path):
+    """A partitioned dataset as a dask DataFrame: one partition per part, in order."""
+    import dask.dataframe as dd
+
+    folder = ref.resolve(artifacts)
+    return dd.read_parquet([str(folder / p.file) for p in ref.parts], index=False)
+
+
+@contextmanager
+def dask_client():
+    """The dask.distributed client a dask stage computes with.
+
+    Inside a worker (a Prefect task run by the DaskTaskRunner) a worker client, which leaves
+    the worker's slot to the stage's own tasks while it waits; elsewhere the process's default
+    client (a LocalCluster a test or a script started).
+    """
+    from distributed import get_client, get_worker, worker_client
+
+    try:
+        get_worker()
+    except ValueError:
+        yield get_client()
+        return
+    with worker_client() as client:
+        yield client
 
 
 def link_into_run(ref: DatasetRef, context: RunContext) -> DatasetRef:
@@ -270,6 +337,11 @@ def load_frame(ref: DatasetRef, artifacts: Path) -> pd.DataFrame:
         frame = _FRAMES.get(ref.sha256)
     if frame is None:
         frame = storage.read_parquet(ref.resolve(artifacts))
+        if ref.is_partitioned:
+            # dask writes its own string dtype (missing values as pd.NA); a stage reads the same
+            # frame whichever engine wrote it.
+            frame = frame.astype({c: "str" for c, t in frame.dtypes.items()
+                                  if isinstance(t, pd.StringDtype) and t.na_value is pd.NA})
         remember_frame(ref.sha256, frame)
     return frame
 

@@ -29,7 +29,7 @@ LATEST = "latest"
 PACKAGES = ("customer-segments", "prefect", "great-expectations", "pandas", "pyarrow", "numpy",
             "scikit-learn", "matplotlib", "kneed", "python-calamine")
 # Parameters a run is defined by (besides its input); resume restores them from the manifest.
-RUN_PARAMETERS = ("as_of", "window", "k", "k_min", "k_max", "encoding", "date_format", "methods", "horizon",
+RUN_PARAMETERS = ("as_of", "window", "k", "k_min", "k_max", "encoding", "date_format", "engine", "methods", "horizon",
                   "basket_min_support", "basket_min_baskets", "basket_min_lift", "basket_max_len",
                   "chaid_target", "chaid_max_depth", "chaid_min_parent", "chaid_min_child")
 # What makes two months' runs one series: their segment ids are matched only within it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from customer_segments.tasks.basket import basket_metrics, basket_stage
 from customer_segments.tasks.chaid import chaid_metrics, chaid_stage
+from customer_segments.tasks import dask_engine
 from customer_segments.tasks.clean import clean_invoices, clean_metrics
 from customer_segments.tasks.cluster import cluster_labels, cluster_metrics
 from customer_segments.tasks.features import customer_features, feature_metrics
@@ -22,18 +23,22 @@ from customer_segments.tasks.runner import Stage
 from customer_segments.tasks.select_k import k_metrics, k_selection
 from customer_segments.tasks.stability import segment_stability, stability_metrics
 
+# The line-level stages have a dask version too (tasks/dask_engine.py); the engine is part of
+# their keys, since the two write their outputs differently (a file, or a folder of parts).
 INGEST = Stage(
     "ingest", read_invoices, outputs=("raw_invoices",),
-    params=("input_path", "encoding"), key_params=("input_sha256", "encoding"), shared=True, retries=2,
-    metrics=ingest_metrics,
+    params=("input_path", "encoding", "date_format"), key_params=("input_sha256", "encoding", "date_format", "engine"),
+    shared=True, retries=2, metrics=ingest_metrics,
+    dask_transform=dask_engine.read_invoices, dask_metrics=dask_engine.ingest_metrics,
 )
 CLEAN = Stage(
     "clean", clean_invoices, inputs=("raw_invoices",), outputs=("clean_invoices",),
-    params=("cutoff", "window"), metrics=clean_metrics,
+    params=("cutoff", "window"), key_params=("cutoff", "window", "engine"), metrics=clean_metrics,
+    dask_transform=dask_engine.clean, dask_metrics=dask_engine.clean_metrics,
 )
 FEATURES = Stage(
     "features", customer_features, inputs=("clean_invoices",), outputs=("customer_features",),
-    metrics=feature_metrics,
+    key_params=("engine",), metrics=feature_metrics, dask_transform=dask_engine.features,
 )
 NORMALIZE = Stage(
     "normalize", normalize_features, inputs=("customer_features",), outputs=("normalized_features",),
@@ -56,7 +61,8 @@ STABILITY = Stage(
 )
 PROFILE = Stage(
     "profile", profile, inputs=("cluster_labels", "clean_invoices", "segment_lineage", "segment_stability"),
-    outputs=("segment_profiles", "top_products"), params=("service_codes",), metrics=profile_metrics,
+    outputs=("segment_profiles", "top_products"), params=("service_codes",), key_params=("service_codes", "engine"),
+    metrics=profile_metrics, dask_transform=dask_engine.profile, dask_metrics=dask_engine.profile_metrics,
 )
 MIGRATION = Stage(
     "migration", migration, inputs=("cluster_labels", "previous_labels"), optional=("previous_labels",),

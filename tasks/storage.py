@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # pandas loads on first use: the CLI imports this before it n
     import pandas as pd
 
 CHUNK = 1 << 20
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -36,6 +38,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); outputs are shared as any file the user writes.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -78,3 +82,36 @@ def link_or_copy(source: Path, target: Path) -> None:
     except OSError:
         write_bytes_atomic(tmp, source.read_bytes())
     os.replace(tmp, target)
+
+
+# --- partitioned datasets: a folder of Parquet parts (the dask engine's line-level outputs) ------
+
+
+def is_dask(frame: Any) -> bool:
+    return type(frame).__module__.startswith("dask")
+
+
+def write_partitioned(frame, folder: Path) -> list[dict[str, Any]]:
+    """Write a dask DataFrame as part-00000.parquet, ... in `folder`, computed by the cluster.
+
+    Written beside the target and renamed into place, so a folder that exists is complete;
+    returns each part's file name, sha256 and rows (in partition order).
+    """
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    building = folder.with_name(f".{folder.name}.{os.getpid()}.writing")
+    shutil.rmtree(building, ignore_errors=True)
+    building.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(str(building), write_index=False, compression="zstd", write_metadata_file=False,
+                     name_function=lambda i: f"part-{i:05d}.parquet")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(building, folder)
+    return [{"file": part.name, "sha256": sha256_file(part), "rows": pq.ParquetFile(part).metadata.num_rows}
+            for part in sorted(folder.glob("part-*.parquet"))]
+
+
+def parts_sha256(parts: list[dict[str, Any]]) -> str:
+    """The hash of a partitioned dataset: of its parts' names and hashes, in order."""
+    return sha256_bytes("".join(f"{p['file']}\t{p['sha256']}\n" for p in parts).encode())

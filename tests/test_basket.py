@@ -231,10 +231,7 @@ def test_load_service_codes_reads_an_edited_file_and_rejects_a_bad_match(tmp_pat
         load_service_codes(path)
 
 
-def test_product_names_still_reachable_from_profile():
-    from customer_segments.tasks import profile
-
-    assert profile.product_names is product_names
+def test_product_names_take_each_codes_most_frequent_description():
     lines = pd.DataFrame({"StockCode": ["X", "X", "X", "Y"], "Description": ["b", "a", "a", "y"]})
     assert product_names(lines).values.tolist() == [["X", "a"], ["Y", "y"]]
 

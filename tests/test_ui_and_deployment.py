@@ -45,6 +45,18 @@ def browser():
 def test_flow_run_page_shows_the_run_and_its_artifacts(prefect_server, sample, tmp_path, browser):
     manifest = run_flow(sample, tmp_path)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    blocked = []
+
+    def only_the_server(route):
+        # The UI, its API and data: URIs only; anything else would not load on a closed network.
+        url = route.request.url
+        if url.startswith(("data:", prefect_server["ui_url"])):
+            route.continue_()
+        else:
+            blocked.append(url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
     page.goto(f"{prefect_server['ui_url']}/runs/flow-run/{manifest.flow_run_id}")
     page.get_by_text(f"segmentation-{manifest.as_of}").first.wait_for(timeout=60_000)
     page.get_by_text("Artifacts", exact=True).first.click()
@@ -60,6 +72,14 @@ def test_flow_run_page_shows_the_run_and_its_artifacts(prefect_server, sample, t
     page.get_by_text("Segments", exact=True).first.wait_for(timeout=30_000)
     summary = page.inner_text("body")
     assert "High value: frequent, big spenders" in summary and manifest.run_id in summary
+    assert "The run's report" in summary  # the summary links the report
+    # The plots themselves, rendered in the UI (data URIs: nothing to fetch from anywhere).
+    page.wait_for_function("Array.from(document.images).filter(i => i.src.startsWith('data:image/png')).length >= 8",
+                           timeout=30_000)
+    widths = page.evaluate("Array.from(document.images).filter(i => i.src.startsWith('data:image/png'))"
+                           ".map(i => i.naturalWidth)")
+    assert len(widths) >= 8 and min(widths) > 0
+    assert not blocked, blocked
     page.screenshot(path=str(SCREENSHOTS / "segmentation-summary.png"), full_page=True)
     page.close()
     assert (SCREENSHOTS / "flow-run-artifacts.png").stat().st_size > 10_000

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from customer_segments.tasks.quality import suites
+from customer_segments.tasks.quality.offline_docs import make_offline
 from customer_segments.tasks.quality.validation import GateResult, copy_suite, gx_state, project_config
 
 SITE_NAME = "quality"
@@ -83,6 +84,9 @@ def build_data_docs(
     index = out_dir / "index.html"
     if not index.is_file():
         raise RuntimeError(f"Data Docs build wrote no {index}")
+    # GX's pages load their CSS/JS from CDNs; point them at vendored copies so the site works
+    # offline (closed networks), and fail here if a page needs something that is not vendored.
+    make_offline(out_dir)
     return index
 
 

@@ -49,6 +49,44 @@ def check(dataset: str, path: Path, facts: Mapping[str, Any], frame: pd.DataFram
     return _validate(dataset, frame if frame is not None else storage.read_parquet(path), parameters)
 
 
+def check_parts(dataset: str, paths: list[Path], facts: Mapping[str, Any]) -> GateOutcome:
+    """Validate a partitioned dataset part by part and merge the results into one.
+
+    The parts are validated in parallel on the dask cluster when there is one (a dask stage
+    computes inside a client's context), else one after the other here. The merged result has
+    the meaning of validating the whole dataset at once (see quality/merge.py).
+    """
+    from customer_segments.tasks.quality.merge import merged_gate
+
+    parameters = {k: v for k, v in facts.items() if v is not None}
+    client = _dask_client_or_none()
+    if client is not None:
+        futures = client.map(_part_report, [str(p) for p in paths], dataset=dataset, parameters=parameters,
+                             pure=False)
+        reports = client.gather(futures)
+    else:
+        reports = [_part_report(str(p), dataset, parameters) for p in paths]
+    result = merged_gate(reports, dataset, parameters)
+    return GateOutcome(summary=result.summary(), message=result.error_message(), report=result.report_bytes())
+
+
+def _part_report(path: str, dataset: str, parameters: Mapping[str, Any]) -> dict:
+    from customer_segments.tasks.quality.validation import validate
+
+    return validate(storage.read_parquet(Path(path)), dataset, parameters).report
+
+
+def _dask_client_or_none():
+    try:
+        from distributed import get_client
+    except ImportError:
+        return None
+    try:
+        return get_client()
+    except ValueError:  # no client in this process or thread
+        return None
+
+
 def build_docs(validation_dir: Path, cache_dir: Path) -> Path | None:
     """GX Data Docs of a run's validation/ reports, into validation/docs/.
 

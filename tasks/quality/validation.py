@@ -37,7 +37,9 @@ from customer_segments.tasks.quality.suites import (
 # module imports GX first.
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 
-RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE}
+# BASIC, not SUMMARY: the same counts and sample of unexpected values, without counting every
+# unexpected value (at 10 million lines, SUMMARY took 8.5 s to validate raw_invoices, BASIC 5.3 s).
+RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": SAMPLE_SIZE}
 
 
 @dataclass(frozen=True)
@@ -96,30 +98,41 @@ def validate(
         report = result.to_json_dict()
 
     dtypes = {str(c): str(t) for c, t in df.dtypes.items()}
-    findings = [finding(r, dtypes, dict(facts or {})) for r in report["results"] if not r.get("success")]
-    failed_critical = [f for f in findings if f.severity == CRITICAL]
-    failed_warning = [f for f in findings if f.severity == WARNING]
-    success = not failed_critical
+    result = gate_result(dataset, report, dtypes, facts, started)
     run_time = datetime.now(timezone.utc)
     report["meta"].update(
         {
             "dataset": dataset,
             "suite_file": str(loaded.path),
             "expectation_parameters": parameters,
+            # The frame's dtypes: a merge of partitions' reports names a wrong dtype as this does.
+            "dtypes": dtypes,
             # Data Docs files a result under its run; one run name per dataset keeps them apart.
             "run_id": {"run_name": dataset, "run_time": run_time.isoformat()},
             "validation_time": run_time.strftime("%Y%m%dT%H%M%S.%fZ"),
             "gate": {
-                "success": success,
-                "failed_critical": len(failed_critical),
-                "failed_warning": len(failed_warning),
+                "success": result.success,
+                "failed_critical": len(result.failed_critical),
+                "failed_warning": len(result.failed_warning),
                 "rule": "fails only when an expectation of severity critical fails",
             },
         }
     )
+    return result
+
+
+def gate_result(dataset: str, report: dict, dtypes: Mapping[str, str], facts: Mapping[str, Any] | None,
+                started: float) -> GateResult:
+    """The gate's verdict on a GX report: findings in words, critical ones fail it.
+
+    Shared by `validate` and by the merge of a partitioned dataset's reports (quality/merge.py).
+    """
+    findings = [finding(r, dtypes, dict(facts or {})) for r in report["results"] if not r.get("success")]
+    failed_critical = [f for f in findings if f.severity == CRITICAL]
+    failed_warning = [f for f in findings if f.severity == WARNING]
     return GateResult(
         dataset=dataset,
-        success=success,
+        success=not failed_critical,
         evaluated=int(report["statistics"]["evaluated_expectations"]),
         failed_critical=failed_critical,
         failed_warning=failed_warning,

@@ -1,0 +1,201 @@
+"""The line-level stages on the dask engine: the same analysis as dask.dataframe work on a cluster.
+
+Invoice lines can outgrow one machine; customers do not (10 million customers x 3 features is
+240 MB). So ingest, clean, features and the best sellers run as dask.dataframe graphs on a
+dask.distributed cluster, their line-level outputs written as partitioned Parquet datasets, and
+every stage from the customer features on works in pandas as on the pandas engine. Wherever it
+can, a dask transform applies the pandas engine's own pure function to each partition
+(`map_partitions`), so the two engines cannot drift apart; the results are the same to
+floating-point rounding (sums of partial sums).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from customer_segments.tasks.clean import RULES, clean_invoices, cleaning_summary, rows_dropped, window_start
+from customer_segments.tasks.features import customer_features, feature_metrics
+from customer_segments.tasks.ingest import (
+    COLUMNS,
+    _read_table,
+    drop_repeats_across_files,
+    input_files,
+    normalize_invoices,
+)
+from customer_segments.tasks.profile import TOP_N, rank_top_products, segment_profiles
+
+
+def read_invoices(input_path: Path | str, encoding: str | None = None, date_format: str | None = None):
+    """One export file or a folder of them as a dask DataFrame of normalised invoice lines.
+
+    Parquet files are read in row-group partitions; a CSV or Excel file is one partition. Lines
+    repeated across files are counted once, as on the pandas engine (only lines dated within the
+    date range of two or more files can be repeats, so only those are compared).
+    """
+    import dask.dataframe as dd
+
+    files = input_files(Path(input_path))
+    frames = [_file_frame(f, encoding, date_format) for f in files]
+    if len(frames) == 1:
+        return frames[0]
+    return _without_repeats(frames)
+
+
+def _file_frame(path: Path, encoding: str | None, date_format: str | None):
+    import dask.dataframe as dd
+
+    if path.suffix.lower() == ".parquet":
+        raw = dd.read_parquet(str(path), index=False)
+        return raw.map_partitions(_normalized_part, str(path), date_format,
+                                  meta=normalize_invoices(_drop_index_columns(raw._meta), str(path)))
+    # CSV and Excel: the pandas engine's readers, one partition per file.
+    return dd.from_map(_read_whole, [path], encoding=encoding, date_format=date_format)
+
+
+def _read_whole(path: Path, encoding: str | None = None, date_format: str | None = None) -> pd.DataFrame:
+    return normalize_invoices(*_read_table(path, encoding), date_format=date_format)
+
+
+def _normalized_part(part: pd.DataFrame, source: str, date_format: str | None) -> pd.DataFrame:
+    return normalize_invoices(_drop_index_columns(part), source, date_format=date_format)
+
+
+def _drop_index_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A pandas index saved with the file is not data (see ingest._read_parquet)."""
+    return frame.drop(columns=[c for c in frame.columns if str(c).startswith("__index_level_")])
+
+
+def _without_repeats(frames: list):
+    """The files' lines, with lines repeated across files counted once (see ingest.drop_repeats_across_files)."""
+    import dask
+    import dask.dataframe as dd
+
+    ranges = dask.compute(*[(f["InvoiceDate"].min(), f["InvoiceDate"].max()) for f in frames])
+    overlapping = [i for i, (lo, hi) in enumerate(ranges)
+                   if any(j != i and lo <= hj and li <= hi for j, (li, hj) in enumerate(ranges))]
+    if not overlapping:
+        return dd.concat(frames)
+    # Lines dated where two files' ranges meet are compared in pandas (the overlap of monthly
+    # exports is small); the rest of each file passes as it is.
+    windows = [(max(ranges[i][0], ranges[j][0]), min(ranges[i][1], ranges[j][1]))
+               for i in overlapping for j in overlapping if i < j and max(ranges[i][0], ranges[j][0]) <= min(ranges[i][1], ranges[j][1])]
+
+    def inside(frame):
+        dates = frame["InvoiceDate"]
+        mask = dates.map_partitions(lambda d: pd.Series(False, index=d.index), meta=("InvoiceDate", bool))
+        for lo, hi in windows:
+            mask = mask | ((dates >= lo) & (dates <= hi))
+        return mask
+
+    masks = [inside(f) for f in frames]
+    shared = dask.compute(*[f[m] for f, m in zip(frames, masks)])
+    kept = drop_repeats_across_files([s.reset_index(drop=True) for s in shared])
+    rest = [f[~m] for f, m in zip(frames, masks)]
+    return dd.concat([*rest, dd.from_pandas(kept, npartitions=1)])
+
+
+def ingest_metrics(frames, params) -> dict:
+    import dask
+
+    raw = frames["raw_invoices"]
+    rows, first, last = dask.compute(raw.shape[0], raw["InvoiceDate"].min(), raw["InvoiceDate"].max())
+    files = len(input_files(Path(params["input_path"])))
+    return {"files": files, "rows_read": int(rows), "repeated_across_files": 0, "rows_raw": int(rows),
+            "first_invoice": None if pd.isna(first) else pd.Timestamp(first).isoformat(),
+            "last_invoice": None if pd.isna(last) else pd.Timestamp(last).isoformat()}
+
+
+def clean(raw, cutoff, window: int | None = None):
+    """The pandas engine's cleaning, partition by partition (each rule looks at one line at a time)."""
+    return raw.map_partitions(clean_invoices, cutoff, window, meta=clean_invoices(raw._meta, cutoff, window))
+
+
+def clean_metrics(frames, params) -> dict:
+    import dask
+
+    raw, kept = frames["raw_invoices"], frames["clean_invoices"]
+    window = params.get("window")
+    per_part = raw.map_partitions(lambda p: pd.DataFrame([rows_dropped(p, params["cutoff"], window)]),
+                                  meta=pd.DataFrame({rule: pd.Series(dtype="int64") for rule in RULES}))
+    dropped, rows_in, rows_clean = dask.compute(per_part.sum(), raw.shape[0], kept.shape[0])
+    dropped = {rule: int(dropped[rule]) for rule in RULES}
+    start = window_start(params["cutoff"], window)
+    return {"rows_in": int(rows_in), "rows_dropped": dropped, "rows_clean": int(rows_clean),
+            "window_start": None if start is None else start.isoformat(),
+            "cleaning_summary": cleaning_summary(int(rows_in), dropped, params["cutoff"], start)}
+
+
+def features(clean_lines) -> pd.DataFrame:
+    """Per customer: TotalSales (a sum of the partitions' sums), OrderCount (distinct invoices)."""
+    import dask
+
+    grouped = clean_lines.groupby("CustomerID")
+    sales, orders = dask.compute(grouped["Sales"].sum(), grouped["InvoiceNo"].nunique())
+    # The pandas engine's function on the per-customer totals, so both give the same frame.
+    table = pd.DataFrame({"CustomerID": sales.index.astype("str"), "Sales": sales.to_numpy(),
+                          "InvoiceNo": orders.reindex(sales.index).to_numpy()})
+    table = table.sort_values("CustomerID", kind="stable").reset_index(drop=True)
+    out = table.rename(columns={"Sales": "TotalSales", "InvoiceNo": "OrderCount"})
+    out["OrderCount"] = out["OrderCount"].astype("int64")
+    out["AvgOrderValue"] = out["TotalSales"] / out["OrderCount"]
+    return out[list(customer_features(_empty_clean()).columns)]
+
+
+def _empty_clean() -> pd.DataFrame:
+    return pd.DataFrame({"CustomerID": pd.Series(dtype="str"), "InvoiceNo": pd.Series(dtype="str"),
+                         "Sales": pd.Series(dtype="float64")})
+
+
+def profile(labels: pd.DataFrame, clean_lines, lineage: pd.DataFrame | None = None,
+            stability: pd.DataFrame | None = None, service_codes: list[dict] | None = None):
+    """segment_profiles as on the pandas engine; the best sellers from the lines on the cluster."""
+    return segment_profiles(labels, lineage, stability), top_products(clean_lines, labels, service_codes)
+
+
+def top_products(clean_lines, labels: pd.DataFrame, service_codes: list[dict] | None = None,
+                 top_n: int = TOP_N) -> pd.DataFrame:
+    import dask
+
+    from customer_segments.tasks.products import is_service_code
+
+    codes = pd.DataFrame(service_codes) if service_codes else None
+    segment_of = labels.set_index("CustomerID")["segment"]
+
+    def tagged(part: pd.DataFrame) -> pd.DataFrame:
+        if codes is not None:
+            part = part.loc[~is_service_code(part["StockCode"], codes).to_numpy()]
+        segment = segment_of.reindex(part["CustomerID"]).to_numpy()
+        out = part[["StockCode", "InvoiceNo", "Quantity", "Sales"]].assign(segment=segment)
+        return out[pd.notna(segment)].astype({"segment": "int64"})
+
+    meta = pd.DataFrame({"StockCode": pd.Series(dtype="str"), "InvoiceNo": pd.Series(dtype="str"),
+                         "Quantity": pd.Series(dtype="int64"), "Sales": pd.Series(dtype="float64"),
+                         "segment": pd.Series(dtype="int64")})
+    lines = clean_lines.map_partitions(tagged, meta=meta)
+    sums = lines.groupby(["segment", "StockCode"])[["Quantity", "Sales"]].sum()
+    orders = lines[["segment", "StockCode", "InvoiceNo"]].drop_duplicates(split_out=lines.npartitions) \
+        .groupby(["segment", "StockCode"]).size()
+    names_lines = clean_lines[["StockCode", "Description"]]
+    described = names_lines.groupby(["StockCode", "Description"]).size()
+    sums, orders, described = dask.compute(sums, orders, described)
+    per_item = sums.assign(orders=orders.reindex(sums.index).to_numpy()).reset_index().rename(
+        columns={"Quantity": "quantity", "Sales": "revenue"})
+    return rank_top_products(per_item, labels, described.rename("n").reset_index(), top_n)
+
+
+def profile_metrics(frames, params) -> dict:
+    from customer_segments.tasks.products import is_service_code
+
+    codes = params.get("service_codes")
+    if not codes:
+        return {"service_lines_excluded": 0}
+    table = pd.DataFrame(codes)
+    counted = frames["clean_invoices"]["StockCode"].map_partitions(
+        lambda s: pd.Series([int(is_service_code(s, table).sum())]), meta=(None, "int64")).sum().compute()
+    return {"service_lines_excluded": int(counted)}
+
+
+__all__ = ["COLUMNS", "clean", "clean_metrics", "feature_metrics", "features", "ingest_metrics", "profile",
+           "profile_metrics", "read_invoices", "top_products"]
