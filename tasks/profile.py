@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from customer_segments.tasks.cluster import NORMALIZED
 from customer_segments.tasks.features import FEATURES
-from customer_segments.tasks.products import most_frequent_names, product_lines
+from customer_segments.tasks.products import is_service_code, most_frequent_names
 
 TOP_N = 10
 
@@ -68,31 +69,53 @@ def top_products(
     With `service_codes` (see tasks/products.py), postage, fees and other service lines are left
     out before ranking: POSTAGE is on most orders but is not a product anyone chooses.
     """
-    lines = product_lines(clean, service_codes)
-    # Integer codes instead of a join on the string ids: at millions of lines a merge on
-    # CustomerID and a nunique per group dominate the stage.
-    position = pd.Index(labels["CustomerID"]).get_indexer(lines["CustomerID"])
+    # Integer codes and numpy instead of joins and groupbys on the string columns: at millions of
+    # lines those dominated the stage. Each line's segment by its customer's position in labels;
+    # service lines and lines of customers without a segment are masked out, not copied out.
+    position = _positions(clean["CustomerID"], labels["CustomerID"])
     known = position >= 0
+    if service_codes is not None:
+        known &= ~is_service_code(clean["StockCode"], service_codes).to_numpy()
     segment = labels["segment"].to_numpy()[position[known]]
-    item_code, items = pd.factorize(lines["StockCode"].to_numpy()[known])
-    invoice_code, _ = pd.factorize(lines["InvoiceNo"].to_numpy()[known])
-    grouped = pd.DataFrame({"segment": segment, "item": item_code,
-                            "quantity": lines["Quantity"].to_numpy()[known], "revenue": lines["Sales"].to_numpy()[known]})
-    per_item = grouped.groupby(["segment", "item"], sort=False).agg(quantity=("quantity", "sum"), revenue=("revenue", "sum"))
-    orders = (pd.DataFrame({"segment": segment, "item": item_code, "invoice": invoice_code})
-              .drop_duplicates().groupby(["segment", "item"], sort=False).size())
-    per_item = per_item.assign(orders=orders).reset_index()
-    per_item["StockCode"] = items[per_item["item"].to_numpy()]
-    counts = clean.groupby(["StockCode", "Description"], sort=True).size().rename("n").reset_index()
-    return rank_top_products(per_item[["segment", "StockCode", "orders", "quantity", "revenue"]], labels, counts, top_n)
+    item, items = pd.factorize(clean["StockCode"])
+    invoice, invoices = pd.factorize(clean["InvoiceNo"])
+    item, invoice = item[known], invoice[known]
+    group = segment.astype("int64") * len(items) + item                     # one number per (segment, item)
+    size = (int(segment.max()) + 1 if len(segment) else 0) * len(items)
+    quantity = np.bincount(group, weights=clean["Quantity"].to_numpy()[known], minlength=size)
+    revenue = np.bincount(group, weights=clean["Sales"].to_numpy()[known], minlength=size)
+    # Distinct orders per (segment, item): distinct (group, invoice) pairs, counted per group.
+    pairs = pd.unique(group * max(len(invoices), 1) + invoice)
+    orders = np.bincount(pairs // max(len(invoices), 1), minlength=size)
+    present = np.flatnonzero(orders)
+    per_item = pd.DataFrame({
+        "segment": present // max(len(items), 1), "StockCode": pd.array(items).take(present % max(len(items), 1)),
+        "orders": orders[present], "quantity": np.rint(quantity[present]).astype("int64"), "revenue": revenue[present],
+    })
+    ranked = rank_top_products(per_item, labels, None, top_n)
+    # Descriptions of the listed items only (a few dozen), not of every line's.
+    listed = clean.loc[clean["StockCode"].isin(ranked["StockCode"].unique()).to_numpy()]
+    counts = listed.groupby(["StockCode", "Description"], sort=True).size().rename("n").reset_index()
+    return ranked.drop(columns="Description").merge(most_frequent_names(counts), on="StockCode", how="left",
+                                                    validate="many_to_one")[ranked.columns].astype({"Description": "str"})
 
 
-def rank_top_products(per_item: pd.DataFrame, labels: pd.DataFrame, name_counts: pd.DataFrame,
+def _positions(values: pd.Series, keys: pd.Series) -> np.ndarray:
+    """Each value's position in `keys` (-1 when absent), hashed in Arrow's C++ for string columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found = pc.index_in(pa.array(values.array), value_set=pa.array(keys.array))
+    return found.fill_null(-1).to_numpy().astype("int64")
+
+
+def rank_top_products(per_item: pd.DataFrame, labels: pd.DataFrame, name_counts: pd.DataFrame | None,
                       top_n: int = TOP_N) -> pd.DataFrame:
     """Each segment's top_n items by distinct orders (then revenue, then code), named and labelled.
 
     per_item: segment, StockCode, orders, quantity, revenue; name_counts: StockCode, Description,
-    n (lines). Both engines rank with this, from totals they compute their own way.
+    n (lines), or None to leave the descriptions blank for the caller. Both engines rank with
+    this, from totals they compute their own way.
     """
     keys = ["segment", "segment_name"] + (["segment_id"] if "segment_id" in labels else [])
     names = labels.drop_duplicates("segment").set_index("segment")[keys[1:]]
@@ -102,6 +125,10 @@ def rank_top_products(per_item: pd.DataFrame, labels: pd.DataFrame, name_counts:
     )
     top = ranked.groupby("segment", sort=False).head(top_n).reset_index(drop=True)
     top.insert(len(keys), "rank", top.groupby("segment").cumcount().add(1).astype("int64"))
-    top = top.merge(most_frequent_names(name_counts), on="StockCode", how="left", validate="many_to_one")
+    if name_counts is None:
+        top["Description"] = pd.Series(pd.NA, index=top.index, dtype="str")
+    else:
+        top = top.merge(most_frequent_names(name_counts), on="StockCode", how="left", validate="many_to_one")
     columns = [*keys, "rank", "StockCode", "Description", "orders", "quantity", "revenue"]
-    return top[columns].astype({"orders": "int64", "quantity": "int64", "StockCode": "str", "Description": "str"})
+    return top[columns].astype({"segment": "int64", "orders": "int64", "quantity": "int64", "StockCode": "str",
+                                "Description": "str"})
