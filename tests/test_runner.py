@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -64,8 +65,14 @@ def test_an_edited_quality_suite_changes_the_key(tmp_path, monkeypatch):
     assert cache_key(NORMALIZE, context, inputs) != before
 
 
-def test_every_stage_has_a_code_version():
-    assert len({stage.code_version for stage in STAGES}) == len(STAGES)
+def test_every_stage_keys_on_the_code_of_both_engines_where_it_has_two():
+    for stage in STAGES:
+        assert len(stage.code_version) == 16
+        assert stage.transform.__module__ in code_version.module_closure(stage.transform.__module__)
+        if stage.dask_transform is not None:
+            assert stage.dask_transform.__module__ == f"{PACKAGE}.dask_engine"
+    # A change to the dask engine changes the key of the stages it implements, not the others'.
+    assert f"{PACKAGE}.dask_engine" not in code_version.module_closure(f"{PACKAGE}.select_k")
 
 
 def test_parquet_saved_with_its_index_is_read_by_position(tmp_path):
@@ -106,3 +113,20 @@ def test_the_runner_needs_no_prefect(tmp_path):
     assert ref.rows == len(pd.read_parquet(ref.resolve(tmp_path))) and ref.path.startswith("cache/ingest/")
     with pytest.raises(ValueError, match="cluster needs customer_features"):
         run_stage(CLUSTER, context, [first])
+
+
+def test_a_long_dataset_is_validated_in_slices_with_the_same_verdict(tmp_path, monkeypatch):
+    """Beyond SLICE_ROWS a file is validated a few row groups at a time and the results merged."""
+    from customer_segments.tasks.quality import gate
+
+    raw = read_invoices(SAMPLE)
+    raw.loc[raw.index[::7], "UnitPrice"] = -1.0  # a critical failure spread over every slice
+    raw.to_parquet(tmp_path / "raw.parquet", index=False, row_group_size=20_000)
+    facts = {"run_date": "2026-01-01T00:00:00"}
+    whole = gate._validate("raw_invoices", raw, facts)
+    monkeypatch.setattr(gate, "SLICE_ROWS", 50_000)
+    sliced = gate._validate_file("raw_invoices", str(tmp_path / "raw.parquet"), facts)
+    assert json.loads(sliced.report)["meta"]["partitions"] == 4  # 153,865 rows in slices of 40,000
+    assert sliced.message == whole.message and "column UnitPrice" in sliced.message
+    strip = lambda summary: {k: v for k, v in summary.items() if k != "seconds"}  # noqa: E731
+    assert strip(sliced.summary) == strip(whole.summary)
