@@ -322,13 +322,17 @@ def link_into_run(ref: DatasetRef, context: RunContext) -> DatasetRef:
 _FRAMES: OrderedDict[str, pd.DataFrame] = OrderedDict()
 _FRAMES_LOCK = threading.Lock()
 FRAMES_KEPT = 4
+# At millions of lines two line-level frames are gigabytes: beyond this many bytes the oldest
+# frames are dropped (a later stage reads them back from their file if it needs them).
+FRAMES_BYTES = 1 << 30
 
 
 def remember_frame(sha256: str, frame: pd.DataFrame) -> None:
     with _FRAMES_LOCK:
         _FRAMES[sha256] = frame
         _FRAMES.move_to_end(sha256)
-        while len(_FRAMES) > FRAMES_KEPT:
+        while len(_FRAMES) > FRAMES_KEPT or (
+                len(_FRAMES) > 1 and sum(int(f.memory_usage(index=False).sum()) for f in _FRAMES.values()) > FRAMES_BYTES):
             _FRAMES.popitem(last=False)
 
 
