@@ -497,7 +497,7 @@ def _with_engine(flow, engine: str, dask_address: str | None):
 
     runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
         cluster_kwargs={"n_workers": defaults.DASK_WORKERS, "threads_per_worker": 1, "processes": True,
-                        "dashboard_address": None})
+                        "memory_limit": defaults.DASK_WORKER_MEMORY, "dashboard_address": None})
     return flow.with_options(task_runner=runner)
 
 

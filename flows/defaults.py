@@ -29,6 +29,9 @@ ARTIFACTS = "artifacts"
 ENGINE = "pandas"
 ENGINES = ("pandas", "dask")
 DASK_WORKERS = 2
+# Each local worker spills to disk past part of this and pauses near it, so that inputs larger
+# than memory stream through (two workers: 8 GiB in all, beside the flow's own process).
+DASK_WORKER_MEMORY = "4GiB"
 
 # The monthly deployment: `segment serve` and `segment deploy` register it under this name.
 DEPLOYMENT_NAME = "monthly-segmentation"
@@ -39,7 +42,7 @@ TIMEZONE = "UTC"
 # The as-of value a scheduled run passes: the month of the run's scheduled start.
 SCHEDULED = "scheduled"
 
-__all__ = ["ARTIFACTS", "BACKFILL_FLOW_NAME", "DASK_WORKERS", "ENGINE", "ENGINES", "BASKET_MAX_LEN", "BASKET_MIN_BASKETS", "BASKET_MIN_LIFT",
+__all__ = ["ARTIFACTS", "BACKFILL_FLOW_NAME", "DASK_WORKER_MEMORY", "DASK_WORKERS", "ENGINE", "ENGINES", "BASKET_MAX_LEN", "BASKET_MIN_BASKETS", "BASKET_MIN_LIFT",
            "BASKET_MIN_SUPPORT", "CHAID_MAX_DEPTH", "CHAID_MIN_CHILD", "CHAID_MIN_PARENT", "CHAID_TARGET", "CRON",
            "DEPLOYMENT_DESCRIPTION", "DEPLOYMENT_NAME", "DEPLOYMENT_TAGS", "FLOW_NAME", "HORIZON", "INPUT_PATH",
            "K_MAX", "K_MIN", "METHODS", "SCHEDULED", "TIMEZONE"]

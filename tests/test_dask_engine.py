@@ -1,0 +1,147 @@
+"""The dask engine: the line-level stages on a dask.distributed cluster, with the pandas engine's answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from support import BIN, REAL_PARQUET, REPO, SAMPLE, last_json, real, run_cli
+
+from customer_segments.tasks.manifest import Manifest
+from customer_segments.tasks.storage import sha256_file
+
+pytestmark = pytest.mark.slow
+# Everything a run writes per customer or per segment: the same whichever engine made it.
+CUSTOMER_LEVEL = ("customer_features", "normalized_features", "k_selection", "cluster_labels", "segment_lineage",
+                  "segment_stability", "segment_profiles", "top_products", "segment_migration", "rfm_scores",
+                  "propensity_scores", "chaid_segments")
+
+
+def run(input_path: Path, artifacts: Path, *args: str, env: dict | None = None) -> Manifest:
+    done = run_cli("run", "--input", str(input_path), "--artifacts", str(artifacts), "--json", *args, env=env,
+                   timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Manifest.model_validate_json((Path(last_json(done.stdout)["run_dir"]) / "manifest.json").read_text())
+
+
+def assert_same_answers(pandas_run: Manifest, dask_run: Manifest) -> None:
+    a, b = Path(pandas_run.run_dir), Path(dask_run.run_dir)
+    features = pd.read_parquet(a / "customer_features.parquet"), pd.read_parquet(b / "customer_features.parquet")
+    pd.testing.assert_frame_equal(*features, check_exact=False, rtol=1e-9, atol=1e-9)
+    labels = pd.read_parquet(a / "cluster_labels.parquet"), pd.read_parquet(b / "cluster_labels.parquet")
+    assert labels[0]["CustomerID"].tolist() == labels[1]["CustomerID"].tolist()
+    assert labels[0]["segment"].tolist() == labels[1]["segment"].tolist()  # identical, customer by customer
+    for name in CUSTOMER_LEVEL:
+        if (a / f"{name}.parquet").exists():
+            pd.testing.assert_frame_equal(pd.read_parquet(a / f"{name}.parquet"), pd.read_parquet(b / f"{name}.parquet"),
+                                          check_exact=False, rtol=1e-9, atol=1e-9, obj=name)
+    assert pandas_run.rows_dropped == dask_run.rows_dropped and pandas_run.rows_clean == dask_run.rows_clean
+
+
+@pytest.fixture(scope="module")
+def sample_runs(prefect_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("engines")
+    return run(SAMPLE, root / "pandas"), run(SAMPLE, root / "dask", "--engine", "dask"), root
+
+
+def test_the_engines_give_the_same_answers_on_the_sample(sample_runs):
+    pandas_run, dask_run, _ = sample_runs
+    assert dask_run.parameters["engine"] == "dask" and pandas_run.parameters["engine"] == "pandas"
+    assert_same_answers(pandas_run, dask_run)
+
+
+def test_line_level_outputs_are_partitioned_and_hashed_per_part(sample_runs):
+    _, dask_run, root = sample_runs
+    clean = dask_run.stages["clean"].outputs["clean_invoices"]
+    assert clean.is_partitioned and len(clean.parts) >= 1
+    folder = Path(dask_run.run_dir) / "clean_invoices"
+    assert sorted(p.name for p in folder.glob("*.parquet")) == [p.file for p in clean.parts]
+    for part in clean.parts:
+        assert sha256_file(folder / part.file) == part.sha256
+    assert sum(p.rows for p in clean.parts) == clean.rows == dask_run.rows_clean
+    report = json.loads((Path(dask_run.run_dir) / "validation" / "clean_invoices.json").read_text())
+    assert report["meta"]["partitions"] == len(clean.parts) and report["meta"]["rows"] == clean.rows
+    assert (Path(dask_run.run_dir) / "report.html").exists()  # later commands read it as any run
+
+
+def test_later_commands_see_a_dask_run_as_any_run(sample_runs):
+    _, dask_run, root = sample_runs
+    listed = run_cli("history", "--artifacts", str(root / "dask"), "--json")
+    assert [json.loads(line)["run_id"] for line in listed.stdout.splitlines()] == [dask_run.run_id]
+    again = run_cli("resume", dask_run.run_id, "--artifacts", str(root / "dask"), "--json", timeout=1800)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = Manifest.model_validate_json((Path(dask_run.run_dir) / "manifest.json").read_text())
+    assert {s.status for s in resumed.stages.values()} == {"cached"} and resumed.parameters["engine"] == "dask"
+
+
+def test_a_folder_of_parts_on_an_existing_cluster(prefect_server, tmp_path):
+    """A partitioned input (several Parquet files), on a cluster started here and named by address."""
+    from distributed import LocalCluster
+
+    generated = run_cli("generate", "--out", str(tmp_path / "parts"), "--customers", "900", "--months", "6",
+                        "--part-customers", "300", "--seed", "5")
+    assert generated.returncode == 0, generated.stderr
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        dask_run = run(tmp_path / "parts", tmp_path / "dask", "--engine", "dask", "--dask-address",
+                       cluster.scheduler_address, "--no-basket", "--no-chaid")
+        assert cluster.scheduler.transition_counter > 0  # the work went through this cluster's scheduler
+    pandas_run = run(tmp_path / "parts", tmp_path / "pandas", "--no-basket", "--no-chaid")
+    assert dask_run.metric("ingest", "files") == 3 and dask_run.metric("ingest", "rows_raw") == pandas_run.metric(
+        "ingest", "rows_raw")
+    assert_same_answers(pandas_run, dask_run)
+
+
+def test_a_killed_worker_mid_stage_then_the_run_completes_or_resumes_identically(prefect_server, sample_runs, tmp_path):
+    from distributed import LocalCluster
+
+    _, reference, _ = sample_runs
+    marker = tmp_path / "hanging-pid"
+    env = {"SEGMENT_FAULT": "clean:hang", "SEGMENT_FAULT_MARKER": str(marker)}
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the cluster's workers inherit it: the clean stage hangs once
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            process = subprocess.Popen(
+                [str(BIN / "segment"), "run", "--input", str(SAMPLE), "--artifacts", str(tmp_path / "a"), "--json",
+                 "--engine", "dask", "--dask-address", cluster.scheduler_address],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 300
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert marker.exists(), "the clean stage never started"
+            time.sleep(0.5)
+            os.kill(int(marker.read_text()), signal.SIGKILL)  # the worker process running the stage
+            out, err = process.communicate(timeout=900)
+    finally:
+        for k, v in previous.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    summary = last_json(out)
+    if process.returncode != 0:  # the run failed with the worker: resume completes it
+        resumed = run_cli("resume", summary["run_id"], "--artifacts", str(tmp_path / "a"), "--json", timeout=1800)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        summary = last_json(resumed.stdout)
+    assert summary["status"] == "completed"
+    done = Path(summary["run_dir"])
+    for name in ("clean_invoices", "customer_features", "cluster_labels", "segment_profiles", "top_products"):
+        ours = sorted(done.glob(f"{name}*")), sorted(Path(reference.run_dir).glob(f"{name}*"))
+        assert [p.name for p in ours[0]] == [p.name for p in ours[1]], name
+    for path in done.rglob("*.parquet"):
+        twin = Path(reference.run_dir) / path.relative_to(done)
+        if twin.exists():
+            assert sha256_file(path) == sha256_file(twin), path.relative_to(done)
+
+
+@pytest.mark.real_data
+def test_the_engines_give_the_same_answers_on_the_uci_data(prefect_server, tmp_path):
+    data = real(REAL_PARQUET)
+    fast = ("--no-basket", "--no-chaid")
+    pandas_run = run(data, tmp_path / "pandas", *fast)
+    dask_run = run(data, tmp_path / "dask", "--engine", "dask", *fast)
+    assert dask_run.customers == 4_298 and dask_run.rows_clean == 380_620
+    assert_same_answers(pandas_run, dask_run)
