@@ -145,3 +145,28 @@ def test_the_engines_give_the_same_answers_on_the_uci_data(prefect_server, tmp_p
     dask_run = run(data, tmp_path / "dask", "--engine", "dask", *fast)
     assert dask_run.customers == 4_298 and dask_run.rows_clean == 380_620
     assert_same_answers(pandas_run, dask_run)
+
+
+def test_lines_repeated_across_files_count_once_as_on_the_pandas_engine(tmp_path):
+    """Overlapping exports in a folder: the same lines kept, and the same count of repeats dropped."""
+    from distributed import Client, LocalCluster
+
+    from customer_segments.data.generator import generate
+    from customer_segments.tasks import dask_engine, ingest
+
+    lines = generate(customers=300, months=6, seed=3).invoices
+    half, third = len(lines) // 2, len(lines) // 3
+    # A first export, a later one overlapping it by a sixth, and the first 1,000 lines sent again.
+    for name, part in {"a": lines.iloc[:half], "b": lines.iloc[third:], "c": lines.iloc[:1000]}.items():
+        part.to_parquet(tmp_path / f"{name}.parquet", index=False, row_group_size=5_000)
+    expected = ingest.read_invoices(tmp_path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster):
+        frame = dask_engine.read_invoices(tmp_path)
+        metrics = dask_engine.ingest_metrics({"raw_invoices": frame}, {"input_path": str(tmp_path)})
+        got = frame.compute()
+    assert metrics["rows_read"] == expected.attrs["rows_read"] == len(lines) - third + half + 1000
+    assert metrics["repeated_across_files"] == expected.attrs["rows_read"] - len(expected) > 0
+    order = list(ingest.COLUMNS)
+    pd.testing.assert_frame_equal(got.sort_values(order).reset_index(drop=True),
+                                  expected.sort_values(order).reset_index(drop=True), check_dtype=False)
