@@ -822,23 +822,27 @@ def render(summary: dict[str, Any], info: dict[str, str], meta: dict[str, Any]) 
     return "\n".join(lines)
 
 
-def write_report(section: str, path: Path) -> None:
-    block = f"{MARK_START}\n{section}\n{MARK_END}"
+def write_report(section: str, path: Path, start: str = MARK_START, end: str = MARK_END,
+                 heading: str = "## Latest results") -> None:
+    """Put `section` between the `start` and `end` markers of BENCHMARKS.md, or append it under `heading`.
+
+    Each benchmark script owns one pair of markers, so each rewrites only its own results.
+    """
+    block = f"{start}\n{section}\n{end}"
     if path.exists():
         text = path.read_text()
-        if MARK_START in text and MARK_END in text:
-            head, rest = text.split(MARK_START, 1)
-            tail = rest.split(MARK_END, 1)[1]
-            path.write_text(head + block + tail)
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            path.write_text(head + block + rest.split(end, 1)[1])
             return
-        path.write_text(text.rstrip() + "\n\n" + block + "\n")
+        path.write_text(text.rstrip() + f"\n\n{heading}\n\n" + block + "\n")
         return
     path.write_text(
         "# Benchmarks\n\n"
         "How long the segmentation flow takes on the real UCI \"Online Retail\" data, against the same "
         "analysis as a plain pandas script. Run `make bench` (or `.venv/bin/python benchmarks/bench.py "
         "--quick` for one repetition); it needs `../shared/data` beside the repository.\n\n"
-        "## Latest results\n\n" + block + "\n"
+        f"{heading}\n\n" + block + "\n"
     )
 
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import (  # the main benchmark's machinery: same server, same measurement
-    BIN, DATA, PYTHON, REPO, SCRATCH, ServerWatch, become_subreaper, git_state, machine, run_measured, wait_for_quiet,
+    BIN, DATA, PYTHON, REPO, SCRATCH, ServerWatch, become_subreaper, git_state, machine, run_measured, wait_for_quiet, write_report,
 )
 
 REPORT = REPO / "BENCHMARKS.md"
@@ -150,14 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {stage} | {med(r['seconds'] for r in runs):.2f} s | {med(r['peak_mib'] for r in runs):.0f} MiB "
                      f"| {med(r['added_mib'] for r in runs):.0f} MiB |")
     section = "\n".join(lines)
-    text = REPORT.read_text()
-    block = f"{MARK_START}\n{section}\n{MARK_END}"
-    if MARK_START in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Month over month and the other methods\n\n" + block + "\n"
-    REPORT.write_text(text)
+    write_report(section, REPORT, MARK_START, MARK_END, "## Month over month and the other methods")
     print(section)
     return 0
 

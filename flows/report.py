@@ -187,24 +187,24 @@ def fmt_month(as_of: str | None) -> str:
 
 
 def fmt_date(value: str | None) -> str:
-    if not value:
-        return DASH
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return value
-    return f"{moment.day} {moment.strftime('%b %Y')}"
+    return _fmt_moment(value, lambda moment: f"{moment.day} {moment.strftime('%b %Y')}")
 
 
 def fmt_datetime(value: str | None) -> str:
+    def words(moment: datetime) -> str:
+        zone = " UTC" if moment.utcoffset() is not None and moment.utcoffset().total_seconds() == 0 else ""
+        return f"{moment.day} {moment.strftime('%b %Y, %H:%M')}{zone}"
+    return _fmt_moment(value, words)
+
+
+def _fmt_moment(value: str | None, words) -> str:
+    """An ISO timestamp in words; a value that is not one is shown as it is."""
     if not value:
         return DASH
     try:
-        moment = datetime.fromisoformat(value)
+        return words(datetime.fromisoformat(value))
     except ValueError:
         return value
-    zone = " UTC" if moment.utcoffset() is not None and moment.utcoffset().total_seconds() == 0 else ""
-    return f"{moment.day} {moment.strftime('%b %Y, %H:%M')}{zone}"
 
 
 def fmt_duration(seconds: Any) -> str:
