@@ -181,9 +181,10 @@ def top_products(clean_lines, labels: pd.DataFrame, service_codes: list[dict] | 
     from customer_segments.tasks.products import is_service_code
 
     codes = pd.DataFrame(service_codes) if service_codes else None
-    segment_of = labels.set_index("CustomerID")["segment"]
+    # The customers' segments go to the workers once, as one piece of data, not inside each task.
+    segment_of = dask.delayed(labels.set_index("CustomerID")["segment"], pure=True)
 
-    def tagged(part: pd.DataFrame) -> pd.DataFrame:
+    def tagged(part: pd.DataFrame, segment_of: pd.Series) -> pd.DataFrame:
         if codes is not None:
             part = part.loc[~is_service_code(part["StockCode"], codes).to_numpy()]
         segment = segment_of.reindex(part["CustomerID"]).to_numpy()
@@ -193,16 +194,33 @@ def top_products(clean_lines, labels: pd.DataFrame, service_codes: list[dict] | 
     meta = pd.DataFrame({"StockCode": pd.Series(dtype="str"), "InvoiceNo": pd.Series(dtype="str"),
                          "Quantity": pd.Series(dtype="int64"), "Sales": pd.Series(dtype="float64"),
                          "segment": pd.Series(dtype="int64")})
-    lines = clean_lines.map_partitions(tagged, meta=meta)
+    lines = clean_lines.map_partitions(tagged, segment_of, meta=meta)
     sums = lines.groupby(["segment", "StockCode"])[["Quantity", "Sales"]].sum()
-    orders = lines[["segment", "StockCode", "InvoiceNo"]].drop_duplicates(split_out=lines.npartitions) \
-        .groupby(["segment", "StockCode"]).size()
+    # Distinct orders per item: an invoice can span two partitions, so the (item, invoice) pairs
+    # are made distinct across the cluster. They travel as two 64-bit hashes, not as strings, which
+    # makes that shuffle a fraction of the lines' size; a collision would have to join two
+    # invoices holding the same item in the same segment.
+    pairs = lines.map_partitions(_item_invoice_pairs, meta=pd.DataFrame({"item": pd.Series(dtype="uint64"),
+                                                                         "invoice": pd.Series(dtype="uint64")}))
+    orders = pairs.drop_duplicates(split_out=max(1, lines.npartitions // 8)).groupby("item").size()
     names_lines = clean_lines[["StockCode", "Description"]]
     described = names_lines.groupby(["StockCode", "Description"]).size()
     sums, orders, described = dask.compute(sums, orders, described)
-    per_item = sums.assign(orders=orders.reindex(sums.index).to_numpy()).reset_index().rename(
-        columns={"Quantity": "quantity", "Sales": "revenue"})
+    per_item = sums.reset_index()
+    per_item["orders"] = orders.reindex(_item_hashes(per_item)).to_numpy()
+    per_item = per_item.rename(columns={"Quantity": "quantity", "Sales": "revenue"})
     return rank_top_products(per_item, labels, described.rename("n").reset_index(), top_n)
+
+
+def _item_hashes(lines: pd.DataFrame) -> np.ndarray:
+    """One 64-bit key per (segment, StockCode)."""
+    return pd.util.hash_pandas_object(lines[["segment", "StockCode"]].astype({"StockCode": "str"}), index=False).to_numpy()
+
+
+def _item_invoice_pairs(lines: pd.DataFrame) -> pd.DataFrame:
+    pairs = pd.DataFrame({"item": _item_hashes(lines),
+                          "invoice": pd.util.hash_pandas_object(lines["InvoiceNo"], index=False).to_numpy()})
+    return pairs.drop_duplicates(ignore_index=True)
 
 
 def profile_metrics(frames, params) -> dict:
