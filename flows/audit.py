@@ -32,7 +32,10 @@ def stage_line(result: StageResult, upstream: Sequence[StageResult]) -> str:
     figures = [ref for ref in record.outputs.values() if ref.file.startswith("plots/")]
     made = outputs or f"{len(figures)} figure(s)"
     how = "reused from cache" if record.status == "cached" else f"computed in {record.seconds:.2f} s"
-    line = f"{result.stage}: {rows_in:,} rows in -> {made}; {how}"
+    read = record.metrics.get("rows_read")
+    taken = (f"{read:,} lines read from {record.metrics.get('files', 1)} file(s)" if not upstream and read is not None
+             else f"{rows_in:,} rows in")
+    line = f"{result.stage}: {taken} -> {made}; {how}"
     for dataset, gate in record.gates.items():
         line += (f"; gate {dataset}: {gate['evaluated']} expectations, {gate['failed_critical']} critical failed, "
                  f"{gate['failed_warning']} warning(s)")

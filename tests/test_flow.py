@@ -117,6 +117,8 @@ def test_each_stage_logs_one_line_for_an_auditor(sample_run):
             break
         time.sleep(1)
     clean = next(line for line in lines if line.startswith("clean: "))
+    ingest = next(line for line in lines if line.startswith("ingest: "))
+    assert ingest.startswith(f"ingest: {manifest.input.rows:,} lines read from 1 file(s) -> raw_invoices")
     rows = manifest.stages["clean"]
     assert f"{manifest.input.rows:,} rows in" in clean
     assert f"clean_invoices {rows.outputs['clean_invoices'].rows:,} rows" in clean
