@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from customer_segments.tasks.ingest import COLUMNS  # the export's eight columns, in the export's order
 
 SEGMENTS: tuple[str, ...] = (
     "high_value",

@@ -35,7 +35,6 @@ def read_invoices(input_path: Path | str, encoding: str | None = None, date_form
     repeated across files are counted once, as on the pandas engine (only lines dated within the
     date range of two or more files can be repeats, so only those are compared).
     """
-    import dask.dataframe as dd
 
     files = input_files(Path(input_path))
     frames = [_file_frame(f, encoding, date_format) for f in files]

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support import REAL_PARQUET, REAL_XLSX, SAMPLE, real
+from support import CHROMIUM, CHROMIUM_ARGS, IN_CI, REAL_PARQUET, REAL_XLSX, SAMPLE, real
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -53,3 +53,18 @@ def prefect_server(tmp_path_factory):
     else:
         os.environ["PREFECT_API_URL"] = previous
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session (Playwright's sync API allows one instance per thread)."""
+    if not CHROMIUM.exists():
+        if IN_CI:
+            pytest.fail(f"{CHROMIUM} is missing; CI must install Debian's chromium (apt-get install chromium)")
+        pytest.skip("Debian's chromium is not installed here (apt-get install chromium); CI installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support import OUTPUTS, REAL_PARQUET, SAMPLE, last_json, real, run_cli, run_flow, snapshot
+from support import OUTPUTS, REAL_PARQUET, SAMPLE, last_json, real, run_cli, snapshot
 
 from customer_segments.tasks.identity import assign_ids
 from customer_segments.tasks.ingest import read_invoices

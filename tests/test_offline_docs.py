@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -25,9 +24,6 @@ from customer_segments.tasks.quality.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "artifacts" / "test-screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
 # Off-site URL: absolute http(s) or protocol-relative //host.
 EXTERNAL = re.compile(r"^\s*(?:https?:)?//", re.I)
 ANY_URL = re.compile(r"(?:https?:)?//[A-Za-z0-9][\w.-]*\.[A-Za-z]{2,}[^\s\"'<>)\\]*")
@@ -292,23 +288,6 @@ def test_links_are_kept_and_known_urls_rewritten_relative_to_each_page(tmp_path)
 
 
 # --- in a browser, with the network cut off -----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    reason = "Debian's chromium is not installed here (apt-get install chromium); CI installs it"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:  # pragma: no cover - depends on the machine
-        sync_playwright = None
-    if sync_playwright is None or not CHROMIUM.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} or playwright is missing: {reason}")
-        pytest.skip(reason)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def offline_page(browser, **context_options):

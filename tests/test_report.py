@@ -1,8 +1,9 @@
 """The run's report.html: real run folders made by the `segment` command, opened in headless Chromium.
 
-Self-sufficient (run with --noconftest): it starts the product's own local Prefect server in a
-folder of this session (SEGMENT_SERVER_HOME) through the command line, and stops it at the end.
-Screenshots go to artifacts/test-screenshots/ for a person to look at.
+The runs start the product's own local Prefect server in a folder of this session
+(SEGMENT_SERVER_HOME) through the command line, and stop it at the end; the browser is the
+session's one headless Chromium (conftest.py). Screenshots go to artifacts/test-screenshots/ for a
+person to look at.
 """
 
 from __future__ import annotations
@@ -11,27 +12,20 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from support import BIN, REAL_PARQUET, REPO, SAMPLE, real
 
 from customer_segments.flows.report import (
     REPORT_FILE, build_report, fmt_money, fmt_pct, render_report, report_context,
 )
 from customer_segments.tasks.manifest import InputInfo, Manifest, StageRecord
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "sample" / "online_retail_sample.parquet"
-REAL_PARQUET = REPO.parent / "shared" / "data" / "online_retail.parquet"
-SEGMENT = Path(sys.executable).parent / "segment"
+SEGMENT = BIN / "segment"
 SCREENSHOTS = REPO / "artifacts" / "test-screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
-IN_CI = bool(os.environ.get("CI"))
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 
@@ -100,20 +94,6 @@ def methods_off_report(server_home, tmp_path_factory) -> Path:
 
 
 # --- the browser ----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def browser():
-    if not CHROMIUM.exists():
-        if IN_CI:
-            pytest.fail(f"{CHROMIUM} is missing; CI must install Debian's chromium (apt-get install chromium)")
-        pytest.skip("Debian's chromium is not installed here (apt-get install chromium); CI installs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
 
 class Opened:
     """A report open in a page that may load nothing but itself and data: URLs."""
@@ -361,11 +341,7 @@ def test_context_renders_without_files_for_a_failed_run():
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_real_data_report_is_at_most_5_mb(server_home, open_report, tmp_path):
-    if not REAL_PARQUET.exists():
-        if IN_CI:
-            pytest.fail(f"{REAL_PARQUET} is missing; CI always has ../shared/data beside the clone")
-        pytest.skip("absent outside CI")
-    (line,) = segment(server_home, "run", "--input", str(REAL_PARQUET), "--artifacts", str(tmp_path / "artifacts"))
+    (line,) = segment(server_home, "run", "--input", str(real(REAL_PARQUET)), "--artifacts", str(tmp_path / "artifacts"))
     report = build_report(Path(line["run_dir"]))
     size = report.stat().st_size
     assert size <= MAX_BYTES, f"{report} is {size:,} bytes"

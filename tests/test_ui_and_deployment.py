@@ -9,37 +9,17 @@ import shutil
 import subprocess
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 
 from support import BIN, REPO, run_cli, run_flow
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "artifacts" / "test-screenshots"
-# The closed network refuses Chromium's background connections; these flags keep it quiet.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
 
 
 def client():
     from prefect.client.orchestration import get_client
 
     return get_client(sync_client=True)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is missing: .ci/run installs it")
-        pytest.skip("Debian's chromium is not installed here (apt-get install chromium); CI installs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def test_flow_run_page_shows_the_run_and_its_artifacts(prefect_server, sample, tmp_path, browser):

@@ -23,6 +23,11 @@ REAL_XLSX = SHARED_DATA / "Online Retail.xlsx"
 SAMPLE = REPO / "data" / "sample" / "online_retail_sample.parquet"
 BIN = Path(sys.executable).parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Debian's Chromium, driven by Playwright (which brings no browser of its own here). The closed
+# network refuses Chromium's background connections; these flags keep it quiet.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
 
 PARQUETS = ("clean_invoices", "customer_features", "normalized_features", "k_selection",
             "cluster_labels", "segment_lineage", "segment_stability", "segment_profiles", "top_products",
