@@ -84,9 +84,12 @@ def top_products(
     size = (int(segment.max()) + 1 if len(segment) else 0) * len(items)
     quantity = np.bincount(group, weights=clean["Quantity"].to_numpy()[known], minlength=size)
     revenue = np.bincount(group, weights=clean["Sales"].to_numpy()[known], minlength=size)
-    # Distinct orders per (segment, item): distinct (group, invoice) pairs, counted per group.
-    pairs = pd.unique(group * max(len(invoices), 1) + invoice)
-    orders = np.bincount(pairs // max(len(invoices), 1), minlength=size)
+    # Distinct orders per (segment, item): distinct (invoice, group) pairs, counted per group. An
+    # export lists an invoice's lines together, so these keys arrive almost sorted and a stable
+    # (run-adaptive) sort makes them distinct faster than hashing.
+    pairs = np.sort(invoice.astype("int64") * max(size, 1) + group, kind="stable")
+    distinct = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs
+    orders = np.bincount(distinct % max(size, 1), minlength=size)
     present = np.flatnonzero(orders)
     per_item = pd.DataFrame({
         "segment": present // max(len(items), 1), "StockCode": pd.array(items).take(present % max(len(items), 1)),

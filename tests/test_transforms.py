@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from support import SAMPLE
 
 from customer_segments.tasks.clean import clean_invoices, rows_dropped
 from customer_segments.tasks.cluster import cluster_labels, segment_names
@@ -202,6 +203,26 @@ def test_profiles_and_top_products():
     assert seg0[["StockCode", "orders", "quantity", "revenue", "rank"]].values.tolist() == [
         ["Y", 2, 6, 6.0, 1], ["X", 2, 3, 3.0, 2]]
     assert top.loc[top["StockCode"] == "Z", "Description"].item() == "z"
+
+
+def test_best_sellers_match_a_plain_groupby_whatever_the_line_order():
+    """The counting shortcuts (integer codes, bincount, a sort for distinct orders) give the plain answer."""
+    from customer_segments.tasks.ingest import read_invoices
+
+    clean = clean_invoices(read_invoices(SAMPLE), pd.Timestamp("2011-12-01"))
+    clean = pd.concat([clean, clean.iloc[::50]], ignore_index=True)  # an item twice on an invoice: one order
+    customers = clean["CustomerID"].drop_duplicates().sort_values().reset_index(drop=True)
+    labels = pd.DataFrame({"CustomerID": customers, "segment": np.arange(len(customers)) % 3})
+    labels["segment_name"] = labels["segment"].map({0: "A", 1: "B", 2: "C"})
+    lines = clean.merge(labels, on="CustomerID")
+    plain = lines.groupby(["segment", "StockCode"]).agg(orders=("InvoiceNo", "nunique"), revenue=("Sales", "sum"))
+    for order in (clean, clean.sample(frac=1.0, random_state=3)):  # as exported, and shuffled
+        top = top_products(order.reset_index(drop=True), labels, top_n=15)
+        expected = plain.reset_index().sort_values(["segment", "orders", "revenue", "StockCode"],
+                                                   ascending=[True, False, False, True]).groupby("segment").head(15)
+        assert top["StockCode"].tolist() == expected["StockCode"].tolist()
+        assert top["orders"].tolist() == expected["orders"].tolist()
+        assert top["revenue"].to_numpy() == pytest.approx(expected["revenue"].to_numpy())
 
 
 def test_silhouette_on_a_fixed_sample_when_customers_are_many(monkeypatch):
