@@ -21,6 +21,7 @@ from customer_segments.tasks.quality import offline_docs
 from customer_segments.tasks.quality.docs import build_data_docs
 from customer_segments.tasks.quality.offline_docs import OfflineDocsError, make_offline
 from customer_segments.tasks.quality.validation import validate
+from support.frames import k_selection_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "artifacts" / "test-screenshots"
@@ -36,19 +37,6 @@ def gx_templates() -> Path:
 
 
 # --- the site -----------------------------------------------------------------------------------
-
-
-def k_selection_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "k": np.array([2, 3, 4], dtype="int64"),
-            "sse": [10.0, 6.0, 5.0],
-            "silhouette": [np.nan, 0.41, 0.35],
-            "best_silhouette": [False, True, False],
-            "elbow": [False, True, False],
-            "chosen": [False, True, False],
-        }
-    )
 
 
 def broken_features_frame() -> pd.DataFrame:

@@ -16,6 +16,7 @@ from customer_segments.tasks.quality.docs import build_data_docs
 from customer_segments.tasks.quality.findings import Finding
 from customer_segments.tasks.quality.suites import SuiteError, suites_dir
 from customer_segments.tasks.quality.validation import required_parameters, validate
+from support.frames import k_selection_frame
 
 EXPECTATIONS_DIR = suites_dir()
 
@@ -121,19 +122,6 @@ def profiles_frame() -> pd.DataFrame:
             "center_TotalSales": [0.9, -0.1, -1.2],
             "mean_TotalSales": [1000.0, 150.0, 12.0],
             "median_TotalSales": [1000.0, 150.0, 12.0],
-        }
-    )
-
-
-def k_selection_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "k": np.array([2, 3, 4], dtype="int64"),
-            "sse": [10.0, 6.0, 5.0],
-            "silhouette": [np.nan, 0.41, 0.35],
-            "best_silhouette": [False, True, False],
-            "elbow": [False, True, False],
-            "chosen": [False, True, False],
         }
     )
 
