@@ -30,6 +30,7 @@ def segment_stability(normalized: pd.DataFrame, labels: pd.DataFrame, k_selectio
                       resamples: int = RESAMPLES, sample: int = SAMPLE, seed: int = SEED) -> pd.DataFrame:
     """Per segment: bootstrap Jaccard stability and Hennig's reading of it."""
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     k = chosen_k(k_selection)
     points = normalized[list(FEATURES)].to_numpy()
@@ -39,11 +40,15 @@ def segment_stability(normalized: pd.DataFrame, labels: pd.DataFrame, k_selectio
     if len(base) > sample:
         base = np.sort(rng.choice(len(points), sample, replace=False))
     best = np.full((resamples, k), np.nan)
-    for b in range(resamples):  # a fixed, small number of refits
-        drawn = rng.choice(base, size=len(base), replace=True)
-        fitted = KMeans(n_clusters=k, n_init=N_INIT, random_state=seed + b).fit(points[drawn]).labels_
-        members, first = np.unique(drawn, return_index=True)   # each customer once, with its new label
-        best[b] = best_jaccard(original[members], fitted[first], k)
+    # One thread: on a few thousand points OpenMP's start-up and synchronisation cost more than the
+    # fit itself (20 refits: about 0.1 s on one thread, over a second with both cores, far worse
+    # when another stage holds the other core), and the result no longer depends on the core count.
+    with threadpool_limits(limits=1):
+        for b in range(resamples):  # a fixed, small number of refits
+            drawn = rng.choice(base, size=len(base), replace=True)
+            fitted = KMeans(n_clusters=k, n_init=N_INIT, random_state=seed + b).fit(points[drawn]).labels_
+            members, first = np.unique(drawn, return_index=True)   # each customer once, with its new label
+            best[b] = best_jaccard(original[members], fitted[first], k)
     with np.errstate(invalid="ignore"):
         stability = np.nanmean(best, axis=0)
     segments = labels.drop_duplicates("segment").sort_values("segment")
