@@ -41,8 +41,9 @@ def segment_stability(normalized: pd.DataFrame, labels: pd.DataFrame, k_selectio
         base = np.sort(rng.choice(len(points), sample, replace=False))
     best = np.full((resamples, k), np.nan)
     # One thread: on a few thousand points OpenMP's start-up and synchronisation cost more than the
-    # fit itself (20 refits: about 0.1 s on one thread, over a second with both cores, far worse
-    # when another stage holds the other core), and the result no longer depends on the core count.
+    # fit itself (the UCI stage: about 0.1 s on one thread, 0.2-0.4 s on both cores of a 2-core
+    # machine, over a second when another process holds the other core), and the result no longer
+    # depends on the core count.
     with threadpool_limits(limits=1):
         for b in range(resamples):  # a fixed, small number of refits
             drawn = rng.choice(base, size=len(base), replace=True)
