@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from customer_segments.flows.server import LocalServer
+from customer_segments.tasks import catalogue
+from customer_segments.tasks.runtime.graph import pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -78,9 +80,8 @@ TITLES = {
     "flow_warm_server": "flow, warm (all cached), running local server",
 }
 FLOW_VARIANTS = tuple(v for v in VARIANTS if v != "plain")
-STAGES = ("ingest", "clean", "features", "normalize", "select_k", "cluster", "stability", "profile", "migration",
-          "basket", "rfm", "propensity", "chaid", "plots")
-METHODS_OFF = ["--no-basket", "--no-rfm", "--no-propensity", "--no-chaid"]
+STAGES = tuple(pipeline().order())
+METHODS_OFF = [stage.switch_flag for stage in catalogue.STAGES if stage.switchable]
 # The cold flow on the UCI parquet before the other methods were added (BENCHMARKS.md at commit
 # 10ae8ac, median of 3): the yardstick of "at most 1.5x today's cold time".
 BEFORE_METHODS = {"parquet": 10.6, "xlsx": 14.9}
@@ -177,7 +178,8 @@ def source_digest(root: Path = REPO) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for folder, pattern in (("flows", "*.py"), ("tasks", "**/*.py"), ("data", "*.py"), ("expectations", "*.json")):
+    for folder, pattern in (("flows", "**/*.py"), ("flows", "templates/*"), ("tasks", "**/*.py"), ("data", "*.py"),
+                            ("expectations", "*.json")):
         for path in sorted((root / folder).glob(pattern)):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
@@ -206,7 +208,7 @@ def snapshot_code(dest: Path, mode: str) -> Path:
 
 def check_snapshot(code_dir: Path, env: dict[str, str]) -> None:
     """Fail early unless the commands import the pipeline from the copy."""
-    probe = "import customer_segments.flows.cli as c, customer_segments.tasks.runner as r; print(c.__file__); print(r.__file__)"
+    probe = "import customer_segments.flows.cli as c, customer_segments.tasks.runtime.stage_runner as r; print(c.__file__); print(r.__file__)"
     done = subprocess.run([str(PYTHON), "-c", probe], env=env, cwd="/", capture_output=True, text=True, timeout=120)
     files = done.stdout.split()
     if done.returncode != 0 or len(files) != 2 or not all(Path(f).is_relative_to(code_dir) for f in files):
@@ -457,8 +459,8 @@ import json, sys, time
 from pathlib import Path
 import numpy, pandas  # not charged to Great Expectations
 started = time.perf_counter()
-from customer_segments.tasks.quality.validation import gx_state
-from customer_segments.tasks.quality.docs import build_data_docs
+from customer_segments.tasks.runtime.quality.validation import gx_state
+from customer_segments.tasks.runtime.quality.docs import build_data_docs
 gx_state()
 setup = time.perf_counter() - started
 reports = {p.stem: json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("*.json"))}

@@ -40,8 +40,8 @@ STAGE_ALONE = """
 import json, resource, sys, time
 from pathlib import Path
 import pandas as pd
-from customer_segments.tasks.stages import BY_NAME
-from customer_segments.tasks.manifest import Manifest
+from customer_segments.tasks.catalogue import BY_NAME
+from customer_segments.tasks.runtime.manifest import Manifest
 run_dir, name = Path(sys.argv[1]), sys.argv[2]
 manifest = Manifest.model_validate_json((run_dir / "manifest.json").read_text())
 stage = BY_NAME[name]
@@ -53,7 +53,7 @@ for dataset in stage.inputs:
 params = {p: manifest.parameters.get(p) for p in stage.params}
 params.update({k: v for k, v in (("cutoff", manifest.cutoff),) if k in stage.params})
 if "service_codes" in stage.params or "rfm_segments" in stage.params:
-    from customer_segments.tasks.runs import reference_tables
+    from customer_segments.tasks.runtime.run_folders import reference_tables
     params.update({k: v for k, v in reference_tables().items() if k in stage.params})
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Run history, the one-line stage log, and the Prefect artifacts that make each run auditable.
 
-Artifact keys are stable, so the UI's Artifacts page shows each key's history across runs.
+Artifact keys are stable, so the UI's Artifacts page shows each key's history across run_folders.
 """
 
 from __future__ import annotations
@@ -10,18 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from customer_segments.tasks import runs
-from customer_segments.tasks.manifest import Manifest, StageResult
+from customer_segments.tasks import catalogue
+from customer_segments.tasks.runtime import run_folders
+from customer_segments.tasks.runtime.manifest import Manifest, StageResult
 
 SUMMARY_KEY = "segmentation-summary"
 PROFILES_KEY = "segment-profiles"
 QUALITY_KEY = "data-quality"
 RUN_FOLDER_KEY = "run-folder"
 REPORT_KEY = "run-report"
-# The summary shows the segmentation's plots first, then those of the other methods.
-PLOT_ORDER = {name: i for i, name in enumerate((
-    "ordercount_vs_totalsales", "ordercount_vs_avgordervalue", "totalsales_vs_avgordervalue", "elbow", "silhouette",
-    "segment_migration", "basket_top_rules", "rfm_heatmap", "propensity_gains"))}
+# The summary shows the plots in the catalogue's order: the segmentation's first, then the methods'.
+PLOT_ORDER = {figure.stem: i for i, figure in enumerate(catalogue.FIGURES)}
 
 
 def stage_line(result: StageResult, upstream: Sequence[StageResult]) -> str:
@@ -45,17 +44,17 @@ def stage_line(result: StageResult, upstream: Sequence[StageResult]) -> str:
 def manifest_history(artifacts: Path) -> list[dict[str, Any]]:
     """Past runs from their manifests by month, with their segments by id and their lineage."""
     rows = []
-    for m in sorted(runs.manifests(artifacts), key=lambda m: (m.as_of or "", m.run_id)):
-        sizes = m.metric("cluster", "segment_sizes") or {}
+    for m in sorted(run_folders.manifests(artifacts), key=lambda m: (m.as_of or "", m.run_id)):
+        sizes = m.fact("segment_sizes") or {}
         rows.append({
             "month": m.as_of,
             "run_id": m.run_id,
-            "status": m.status,
+            "status": run_folders.status_of(m),
             "window": m.window if m.window is not None else "all",
             "k": m.k,
             "customers": m.customers,
             "segments": " ".join(f"{sid}:{n:,}" for sid, n in sizes.items()),
-            "movers": m.metric("migration", "movers"),
+            "movers": m.fact("movers"),
             "lineage": lineage_note(artifacts, m),
             "input": m.input.sha256[:12],
             "seconds": m.seconds,
@@ -66,10 +65,10 @@ def manifest_history(artifacts: Path) -> list[dict[str, Any]]:
 
 def lineage_note(artifacts: Path, manifest: Manifest) -> str:
     """Whose ids a run continues, and whether the previous month has been rerun since ("stale")."""
-    if manifest.status != "completed" or manifest.as_of is None or "cluster" not in manifest.stages:
+    if manifest.status != "completed" or manifest.as_of is None or manifest.fact("segment_sizes") is None:
         return ""
     recorded = (manifest.previous or {}).get("run_id")
-    now = runs.previous_run(artifacts, manifest.as_of, manifest.parameters)
+    now = run_folders.previous_run(artifacts, manifest.as_of, manifest.parameters)
     current = now.run_id if now is not None else None
     if recorded == current:
         return f"follows {recorded}" if recorded else "first"
@@ -81,10 +80,10 @@ def compare(artifacts: Path, run_a: str, run_b: str) -> list[dict[str, Any]]:
     """The migration between any two runs' segments (run_a before, run_b after)."""
     import pandas as pd
 
-    from customer_segments.tasks.migration import migration
+    from customer_segments.tasks.segmentation.migration import migration
 
     def labels(run_id: str) -> pd.DataFrame:
-        frame = pd.read_parquet(runs.find_run(artifacts, run_id) / "cluster_labels.parquet")
+        frame = pd.read_parquet(run_folders.find_run(artifacts, run_id, "compare") / "cluster_labels.parquet")
         if "segment_id" not in frame:  # a run made before segment ids existed
             frame["segment_id"] = "segment " + frame["segment"].astype("str")
         return frame
@@ -99,7 +98,7 @@ def prefect_history(limit: int = 50) -> list[dict[str, Any]]:
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
-    from customer_segments.flows.defaults import FLOW_NAME
+    from customer_segments.flows.settings import FLOW_NAME
 
     with get_client(sync_client=True) as client:
         flow_runs = client.read_flow_runs(
@@ -154,13 +153,13 @@ def summary_markdown(manifest: Manifest, profiles: list[dict[str, Any]]) -> str:
         f"- **Input**: `{manifest.input.path}` (sha256 `{manifest.input.sha256[:12]}`, "
         f"{manifest.input.rows or 0:,} lines)",
         f"- **Cutoff**: invoices before {manifest.cutoff[:10]}",
-        f"- **Kept**: {manifest.rows_clean or 0:,} of {manifest.metric('clean', 'rows_in', 0):,} lines",
+        f"- **Kept**: {manifest.rows_clean or 0:,} of {manifest.fact('rows_in', 0):,} lines",
     ]
     for rule, n in manifest.rows_dropped.items():
         lines.append(f"  - dropped {n:,}: {rule.replace('_', ' ')}")
     lines += [
         f"- **k** = {manifest.k} (silhouette {manifest.silhouette}; best silhouette at k = "
-        f"{manifest.metric('select_k', 'best_silhouette_k')}, elbow at k = {manifest.metric('select_k', 'elbow_k')})",
+        f"{manifest.fact('best_silhouette_k')}, elbow at k = {manifest.fact('elbow_k')})",
         "",
         "## Segments",
         "",

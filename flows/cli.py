@@ -2,7 +2,7 @@
 
 Commands that talk to Prefect first make sure there is a server to talk to (`_connect`): the
 one PREFECT_API_URL names, or else the local server this package keeps running in the background
-(see flows/server.py). That happens before Prefect is imported, which reads the URL.
+(see flows/server/local.py). That happens before Prefect is imported, which reads the URL.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from customer_segments.flows import defaults
+from customer_segments.flows import settings
+from customer_segments.flows.options import RunValues, with_run_options
 from customer_segments.flows.server import server_app
+from customer_segments.tasks import catalogue
+from customer_segments.tasks.runtime.graph import pipeline
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -31,70 +34,35 @@ app = typer.Typer(
 )
 app.add_typer(server_app, name="server")
 
+ARTIFACTS = catalogue.ARTIFACTS.default
+ENGINE = catalogue.ENGINE.default
+
+
+def graph_order() -> list[str]:
+    return pipeline().order()
+
+
 ArtifactsOption = Annotated[Path, typer.Option("--artifacts", help="Folder holding the run folders.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="End stdout with one JSON line describing the run.")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", help="Show Prefect's run logs and tracebacks.")]
 RefreshOption = Annotated[bool, typer.Option("--refresh", help="Recompute every stage, ignoring cached outputs.")]
 FromStageOption = Annotated[Optional[str], typer.Option(
-    "--from-stage", help="Recompute this stage and all after it: ingest, clean, features, normalize, select_k, "
-                         "cluster, stability, profile, migration, plots.")]
-WindowOption = Annotated[Optional[int], typer.Option(
-    "--window", min=1, help="Trailing window: features from the invoices of the N months before the cutoff. "
-                            "Default: all history before the cutoff.")]
-EncodingOption = Annotated[Optional[str], typer.Option(
-    "--encoding", help="Text encoding of CSV input, e.g. cp1252 (default UTF-8, with or without BOM).")]
-DateFormatOption = Annotated[Optional[str], typer.Option(
-    "--date-format", help="strftime format of CSV dates when they are ambiguous, e.g. '%d/%m/%Y %H:%M'.")]
-KMinOption = Annotated[int, typer.Option("--k-min", help="Smallest k scored by silhouette.")]
-KMaxOption = Annotated[int, typer.Option("--k-max", help="Largest k scored by silhouette.")]
-KOption = Annotated[Optional[int], typer.Option("--k", help="Number of segments; default: best silhouette.")]
-InputOption = Annotated[Path, typer.Option("--input", help="Invoice export: .xlsx, .csv, .parquet or a folder of them.")]
-NoBasket = Annotated[bool, typer.Option("--no-basket", help="Skip market basket rules and recommendations.")]
-NoRfm = Annotated[bool, typer.Option("--no-rfm", help="Skip RFM scores and segments.")]
-NoPropensity = Annotated[bool, typer.Option("--no-propensity", help="Skip the repurchase propensity model.")]
-NoChaid = Annotated[bool, typer.Option("--no-chaid", help="Skip the CHAID tree.")]
-HorizonOption = Annotated[int, typer.Option("--horizon", min=1, help="Months ahead the propensity model (and CHAID's repurchase target) looks.")]
-ChaidTargetOption = Annotated[str, typer.Option("--chaid-target", help="What CHAID explains: repurchase (within --horizon) or segment (membership of the high-value segment).")]
-ChaidDepthOption = Annotated[int, typer.Option("--chaid-max-depth", min=1, help="CHAID tree depth.")]
-ChaidParentOption = Annotated[int, typer.Option("--chaid-min-parent", min=2, help="Smallest node CHAID splits.")]
-ChaidChildOption = Annotated[int, typer.Option("--chaid-min-child", min=1, help="Smallest node a CHAID split may make.")]
-MinSupportOption = Annotated[float, typer.Option("--min-support", min=0.0, max=1.0, help="Smallest share of baskets an itemset must be in.")]
-MinBasketsOption = Annotated[int, typer.Option("--min-baskets", min=1, help="Smallest number of baskets an itemset must be in.")]
-EngineOption = Annotated[str, typer.Option(
-    "--engine", help="Where the line-level stages run: pandas (this machine) or dask (a dask.distributed cluster).")]
+    "--from-stage", help="Recompute this stage and every stage downstream of it: "
+                         + ", ".join(graph_order()) + ".")]
 DaskAddressOption = Annotated[Optional[str], typer.Option(
     "--dask-address", help="Scheduler of an existing dask cluster, e.g. tcp://HOST:8786 (with --engine dask); "
                            "default: a local cluster of two worker processes.")]
-MinLiftOption = Annotated[float, typer.Option("--min-lift", min=0.0, help="Smallest lift of a rule.")]
-LandingOption = Annotated[Path, typer.Option("--landing", help="File or folder of exports that scheduled runs read.")]
 CronOption = Annotated[str, typer.Option("--cron", help="When to run (cron, in --timezone).")]
 TimezoneOption = Annotated[str, typer.Option("--timezone", help="IANA time zone of the cron schedule.")]
+RunIdArgument = Annotated[str, typer.Argument(help="Run id, as printed by `segment run` and `segment history`.")]
+# `serve` and `deploy` name the input the landing path, read by every scheduled run.
+LANDING = {"input_path": ("--landing",)}
 
 
 @app.command()
+@with_run_options()
 def run(
-    input: InputOption = Path(defaults.INPUT_PATH),
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Month to segment up to (YYYY-MM); invoices before its first day are used. Default: the newest invoice's month.")] = None,
-    window: WindowOption = None,
-    k: KOption = None,
-    k_min: KMinOption = defaults.K_MIN,
-    k_max: KMaxOption = defaults.K_MAX,
-    encoding: EncodingOption = None,
-    date_format: DateFormatOption = None,
-    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
-    no_basket: NoBasket = False,
-    no_rfm: NoRfm = False,
-    no_propensity: NoPropensity = False,
-    no_chaid: NoChaid = False,
-    horizon: HorizonOption = defaults.HORIZON,
-    chaid_target: ChaidTargetOption = defaults.CHAID_TARGET,
-    chaid_max_depth: ChaidDepthOption = defaults.CHAID_MAX_DEPTH,
-    chaid_min_parent: ChaidParentOption = defaults.CHAID_MIN_PARENT,
-    chaid_min_child: ChaidChildOption = defaults.CHAID_MIN_CHILD,
-    min_support: MinSupportOption = defaults.BASKET_MIN_SUPPORT,
-    min_baskets: MinBasketsOption = defaults.BASKET_MIN_BASKETS,
-    min_lift: MinLiftOption = defaults.BASKET_MIN_LIFT,
-    engine: EngineOption = defaults.ENGINE,
+    run: RunValues,
     dask_address: DaskAddressOption = None,
     refresh: RefreshOption = False,
     from_stage: FromStageOption = None,
@@ -105,46 +73,43 @@ def run(
 
     Stages whose inputs, parameters and code are unchanged reuse their verified cached outputs.
     """
-    parameters = dict(input_path=str(input), as_of=as_of, window=window, k=k, k_min=k_min, k_max=k_max,
-                      encoding=encoding, date_format=date_format, artifacts=str(artifacts), refresh=refresh,
-                      from_stage=from_stage, engine=engine,
-                      **_method_params(no_basket, no_rfm, no_propensity, no_chaid, horizon, chaid_target,
-                                       chaid_max_depth, chaid_min_parent, chaid_min_child, min_support,
-                                       min_baskets, min_lift))
-    _run_flow(parameters, json_out, verbose, engine, dask_address)
+    values = _checked(run, "run")
+    _run_flow(dict(values, refresh=refresh, from_stage=from_stage), json_out, verbose, values["engine"], dask_address)
 
 
-def _method_params(no_basket, no_rfm, no_propensity, no_chaid, horizon, chaid_target, chaid_max_depth,
-                   chaid_min_parent, chaid_min_child, min_support, min_baskets, min_lift) -> dict:
-    off = {"basket": no_basket, "rfm": no_rfm, "propensity": no_propensity, "chaid": no_chaid}
-    return dict(methods=[m for m in defaults.METHODS if not off[m]], horizon=horizon, chaid_target=chaid_target,
-                chaid_max_depth=chaid_max_depth, chaid_min_parent=chaid_min_parent, chaid_min_child=chaid_min_child,
-                basket_min_support=min_support, basket_min_baskets=min_baskets, basket_min_lift=min_lift)
+def _checked(run: RunValues, command: str) -> dict:
+    """The run's parameters checked by the model; a bad value ends the command with its paragraph."""
+    from customer_segments.tasks.errors import PipelineError
+    from customer_segments.tasks.runtime import parameters
+
+    try:
+        return parameters.validate(run.values, command).model_dump()
+    except PipelineError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+BASKET_PARAMS = tuple(p.name for p in catalogue.BY_NAME["basket"].params)
 
 
 @app.command()
+@with_run_options(include=("input_path", "as_of", "encoding", "date_format", *BASKET_PARAMS), switches=False)
 def basket(
-    input: InputOption = Path(defaults.INPUT_PATH),
+    run: RunValues,
     country: Annotated[Optional[str], typer.Option("--country", help="Only the invoices of this country.")] = None,
-    min_support: MinSupportOption = defaults.BASKET_MIN_SUPPORT,
-    min_baskets: MinBasketsOption = defaults.BASKET_MIN_BASKETS,
-    min_lift: MinLiftOption = defaults.BASKET_MIN_LIFT,
-    max_len: Annotated[int, typer.Option("--max-len", min=2, help="Most items in a rule (antecedents and consequent).")] = defaults.BASKET_MAX_LEN,
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Use the invoices before this month (YYYY-MM); default: before the newest invoice's month.")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Rules to print, strongest lift first.")] = 20,
     out: Annotated[Optional[Path], typer.Option("--out", help="Also write every rule to this .csv or .parquet file.")] = None,
-    encoding: EncodingOption = None,
-    date_format: DateFormatOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per rule instead of a table.")] = False,
 ) -> None:
     """Association rules of a whole file (or one country), without segmentation: the classic basket analysis.
 
-    The same cleaning and the same list of service codes (postage, fees, vouchers) as the pipeline.
+    The same cleaning, thresholds and list of service codes (postage, fees, vouchers) as the pipeline.
     """
     from customer_segments.tasks.errors import PipelineError
 
+    values = _checked(run, "basket")
     try:
-        rules = _basket_rules(input, country, min_support, min_baskets, min_lift, max_len, as_of, encoding, date_format)
+        rules = _basket_rules(values, country)
     except PipelineError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
@@ -164,50 +129,43 @@ def basket(
     typer.echo(f"{len(rules):,} rule(s){f' for {country}' if country else ''}; {min(top, len(rules))} shown.")
 
 
-def _basket_rules(input, country, min_support, min_baskets, min_lift, max_len, as_of, encoding, date_format):
+def _basket_rules(values: dict, country: str | None):
     import pandas as pd
 
-    from customer_segments.tasks import runs
-    from customer_segments.tasks.basket import basket_table
-    from customer_segments.tasks.clean import clean_invoices
     from customer_segments.tasks.errors import ParameterError
-    from customer_segments.tasks.ingest import read_invoices
-    from customer_segments.tasks.products import load_service_codes
+    from customer_segments.tasks.inputs.readers import read_invoices
+    from customer_segments.tasks.methods.basket import basket_table
+    from customer_segments.tasks.methods.products import load_service_codes
+    from customer_segments.tasks.runtime import run_folders
+    from customer_segments.tasks.segmentation.cleaning import clean_invoices
 
-    raw = read_invoices(input, encoding=encoding, date_format=date_format)
-    month = runs.parse_month(as_of) or pd.Timestamp(raw["InvoiceDate"].max()).to_period("M")
+    raw = read_invoices(values["input_path"], encoding=values["encoding"], date_format=values["date_format"])
+    month = run_folders.parse_month(values["as_of"]) or pd.Timestamp(raw["InvoiceDate"].max()).to_period("M")
     clean = clean_invoices(raw, month.start_time)
     try:
-        return basket_table(clean, load_service_codes(), country, min_support, min_baskets, min_lift, max_len)
+        return basket_table(clean, load_service_codes(), country, min_share=values["basket_min_support"],
+                            min_baskets=values["basket_min_baskets"], min_lift=values["basket_min_lift"],
+                            max_len=values["basket_max_len"])
     except ValueError as exc:
         raise ParameterError("basket", str(exc)) from None
 
 
 @app.command()
+@with_run_options(exclude=("as_of",))
 def backfill(
-    input: InputOption = Path(defaults.INPUT_PATH),
+    run: RunValues,
     start: Annotated[str, typer.Option("--from", help="First month to segment (YYYY-MM).")] = ...,
     end: Annotated[str, typer.Option("--to", help="Last month to segment (YYYY-MM).")] = ...,
-    window: WindowOption = None,
-    k: KOption = None,
-    k_min: KMinOption = defaults.K_MIN,
-    k_max: KMaxOption = defaults.K_MAX,
-    encoding: EncodingOption = None,
-    date_format: DateFormatOption = None,
-    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
-    no_basket: NoBasket = False,
-    no_rfm: NoRfm = False,
-    no_propensity: NoPropensity = False,
-    no_chaid: NoChaid = False,
-    horizon: HorizonOption = defaults.HORIZON,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per month, then a summary line.")] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Segment every month from --from to --to in order, so that segment ids carry from month to month.
 
-    Months that already have an equivalent completed run are kept; rerunning the same command
-    therefore only runs what is missing or out of date.
+    Months that already have an equivalent completed run (same input, every parameter, same code)
+    are kept; rerunning the same command therefore only runs what is missing or out of date.
     """
+    values = _checked(run, "backfill")
+    values.pop("as_of")  # each month is one of --from..--to
     _helpers().start()
     try:
         _connect()
@@ -217,10 +175,7 @@ def backfill(
         _quiet_console(verbose)
         started = time.monotonic()
         try:
-            off = {"basket": no_basket, "rfm": no_rfm, "propensity": no_propensity, "chaid": no_chaid}
-            done = backfill_flow(input_path=str(input), start=start, end=end, window=window, k=k, k_min=k_min,
-                                 k_max=k_max, encoding=encoding, date_format=date_format, artifacts=str(artifacts),
-                                 methods=[m for m in defaults.METHODS if not off[m]], horizon=horizon)
+            done = backfill_flow(start=start, end=end, **values)
             error = None
         except Exception as exc:
             if verbose:
@@ -231,11 +186,11 @@ def backfill(
         for manifest, reused in done:
             typer.echo(json.dumps(manifest.summary() | {"reused": reused}) if json_out else
                        f"{manifest.as_of}: run {manifest.run_id} {'kept' if reused else manifest.status}, "
-                       f"k={manifest.k}, {_sizes_text(manifest)}, movers {manifest.metric('migration', 'movers')}")
+                       f"k={manifest.k}, {_sizes_text(manifest)}, movers {manifest.fact('movers')}")
         failed = getattr(error, "manifest", None)
         if error is not None and json_out and failed is not None:
             typer.echo(json.dumps(failed.summary() | {"reused": False, "error": str(error)}))
-        summary = {"backfill": "failed" if error else "completed", "from": start, "to": end, "window": window,
+        summary = {"backfill": "failed" if error else "completed", "from": start, "to": end, "window": values["window"],
                    "months": len(done) + (1 if failed is not None else 0), "computed": sum(not r for _, r in done),
                    "reused": sum(r for _, r in done), "seconds": round(time.monotonic() - started, 1)}
         if json_out:
@@ -253,23 +208,28 @@ def backfill(
 
 @app.command()
 def report(
-    run_id: Annotated[str, typer.Argument(help="Run id, as printed by `segment run` and `segment history`.")],
-    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    run_id: RunIdArgument,
+    artifacts: ArtifactsOption = Path(ARTIFACTS),
     open_it: Annotated[bool, typer.Option("--open", help="Open the report in a web browser too.")] = False,
 ) -> None:
     """Print the path of a run's report.html (building it first for runs that have none), and open it."""
-    from customer_segments.flows.report import build_report
-    from customer_segments.tasks import runs
     from customer_segments.tasks.errors import PipelineError
+    from customer_segments.tasks.runtime import run_folders
 
     try:
-        run_dir = runs.find_run(artifacts, run_id)
+        run_dir = run_folders.find_run(artifacts, run_id, "report")
     except PipelineError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
+    from customer_segments.flows.report import build_report
+
     path = run_dir / "report.html"
-    if not path.exists():
+    manifest = run_folders.read_manifest(run_dir)
+    status = run_folders.status_of(manifest)
+    if not path.exists() or status == run_folders.INTERRUPTED:
         path = build_report(run_dir)
+    if status == run_folders.INTERRUPTED:
+        typer.echo(f"Note: {run_folders.interrupted_note(manifest)}.", err=True)
     typer.echo(str(path.resolve()))
     if open_it:
         import webbrowser
@@ -282,13 +242,18 @@ def report(
 def compare(
     run_a: Annotated[str, typer.Argument(help="The earlier run id.")],
     run_b: Annotated[str, typer.Argument(help="The later run id.")],
-    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    artifacts: ArtifactsOption = Path(ARTIFACTS),
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per row instead of a table.")] = False,
 ) -> None:
     """Print how customers moved between the segments of any two runs."""
     from customer_segments.flows import audit
+    from customer_segments.tasks.errors import PipelineError
 
-    rows = audit.compare(artifacts, run_a, run_b)
+    try:
+        rows = audit.compare(artifacts, run_a, run_b)
+    except PipelineError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
     if json_out:
         for row in rows:
             typer.echo(json.dumps(row))
@@ -298,8 +263,8 @@ def compare(
 
 @app.command()
 def resume(
-    run_id: Annotated[str, typer.Argument(help="Run id, as printed by `segment run` and `segment history`.")],
-    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    run_id: RunIdArgument,
+    artifacts: ArtifactsOption = Path(ARTIFACTS),
     dask_address: DaskAddressOption = None,
     refresh: RefreshOption = False,
     from_stage: FromStageOption = None,
@@ -307,30 +272,35 @@ def resume(
     verbose: VerboseOption = False,
 ) -> None:
     """Complete a failed or interrupted run in its own folder: finished stages are reused."""
-    engine = _engine_of(artifacts, run_id)
+    from customer_segments.tasks.errors import PipelineError, UsageError
+    from customer_segments.tasks.runtime import run_folders
+
+    try:
+        run_dir = run_folders.find_run(artifacts, run_id, "resume")
+        manifest = run_folders.read_manifest(run_dir)
+        if run_folders.is_alive(run_dir):
+            raise UsageError("resume", f"run {run_id} is still running (its folder is held by another process); "
+                                       "wait for it to end, or stop that process first")
+    except PipelineError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    # The engine the run was made with: it is resumed the same way.
+    engine = manifest.parameters.get("engine") or ENGINE
     _run_flow(dict(run_id=run_id, artifacts=str(artifacts), refresh=refresh, from_stage=from_stage), json_out, verbose,
               engine, dask_address)
 
 
-def _engine_of(artifacts: Path, run_id: str) -> str:
-    """The engine a run was made with (its manifest's parameters), for resuming it the same way."""
-    from customer_segments.tasks import runs, storage
-
-    try:
-        return storage.read_json(runs.find_run(artifacts, run_id) / runs.MANIFEST)["parameters"].get(
-            "engine") or defaults.ENGINE
-    except Exception:  # no such run: the flow says so in its own words
-        return defaults.ENGINE
-
-
 @app.command()
 def history(
-    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    artifacts: ArtifactsOption = Path(ARTIFACTS),
     prefect: Annotated[bool, typer.Option("--prefect", help="List flow runs from the Prefect API instead of the manifests.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per run instead of a table.")] = False,
     limit: Annotated[int, typer.Option("--limit", help="Most recent runs to list (Prefect API).")] = 50,
 ) -> None:
-    """List past runs: month, run id, status, k, customers, input sha256 prefix, duration."""
+    """List past runs: month, run id, status, k, customers, input sha256 prefix, duration.
+
+    A run whose process ended before it did shows as interrupted, with the command that completes it.
+    """
     if prefect:
         _connect()
     from customer_segments.flows import audit
@@ -339,39 +309,48 @@ def history(
     if json_out:
         for row in rows:
             typer.echo(json.dumps(row))
-    else:
-        typer.echo(audit.format_table(rows))
+        return
+    typer.echo(audit.format_table(rows))
+    for row in rows:
+        if row.get("status") == "interrupted":
+            typer.echo(f"Run {row['run_id']} was interrupted: `segment resume {row['run_id']}` completes it.")
 
 
 @app.command()
+@with_run_options(exclude=("as_of",), aliases=LANDING)
 def serve(
-    cron: CronOption = defaults.CRON,
-    timezone: TimezoneOption = defaults.TIMEZONE,
-    landing: LandingOption = Path(defaults.INPUT_PATH),
-    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    run: RunValues,
+    cron: CronOption = settings.CRON,
+    timezone: TimezoneOption = settings.TIMEZONE,
 ) -> None:
-    """Serve the flow as the monthly deployment on a cron schedule (runs until stopped)."""
+    """Serve the flow as the monthly deployment on a cron schedule (runs until stopped).
+
+    Scheduled runs read --input (also --landing) and take every other run option given here.
+    """
+    values = _checked(run, "serve")
     _connect()
     from customer_segments.flows.deployment import serve_monthly
 
-    serve_monthly(cron=cron, timezone=timezone, landing=str(landing), artifacts=str(artifacts))
+    serve_monthly(values, cron=cron, timezone=timezone)
 
 
 @app.command()
+@with_run_options(exclude=("as_of",), aliases=LANDING)
 def deploy(
-    pool: Annotated[str, typer.Option("--pool", help="Work pool whose workers run the scheduled runs.")],
-    cron: CronOption = defaults.CRON,
-    timezone: TimezoneOption = defaults.TIMEZONE,
-    landing: LandingOption = Path(defaults.INPUT_PATH),
-    artifacts: ArtifactsOption = Path(defaults.ARTIFACTS),
+    run: RunValues,
+    pool: Annotated[str, typer.Option("--pool", help="Work pool whose workers run the scheduled runs.")] = ...,
+    cron: CronOption = settings.CRON,
+    timezone: TimezoneOption = settings.TIMEZONE,
 ) -> None:
     """Register the monthly deployment on a work pool (run `prefect worker start --pool POOL` beside it)."""
+    values = _checked(run, "deploy")
     _connect()
     from customer_segments.flows.deployment import deploy_monthly
 
-    deployment_id = deploy_monthly(pool, cron=cron, timezone=timezone, landing=str(landing), artifacts=str(artifacts))
-    typer.echo(f"Deployment {defaults.FLOW_NAME}/{defaults.DEPLOYMENT_NAME} ({deployment_id}) on work pool {pool!r}: "
-               f"cron {cron!r} ({timezone}), landing {landing.resolve()}, artifacts {artifacts.resolve()}.")
+    deployment_id = deploy_monthly(pool, values, cron=cron, timezone=timezone)
+    typer.echo(f"Deployment {settings.FLOW_NAME}/{settings.DEPLOYMENT_NAME} ({deployment_id}) on work pool {pool!r}: "
+               f"cron {cron!r} ({timezone}), landing {Path(values['input_path']).resolve()}, "
+               f"artifacts {Path(values['artifacts']).resolve()}.")
 
 
 @app.command()
@@ -460,18 +439,18 @@ def _quiet_console(verbose: bool) -> None:
 
 
 def _helpers():
-    """The helper processes (quality gates, stages computed beside the run): see tasks/helpers.py."""
-    from customer_segments.tasks import helpers
+    """The helper processes (quality gates, stages computed beside the run): see tasks/runtime/worker_processes.py."""
+    from customer_segments.tasks.runtime import worker_processes
 
-    return helpers
+    return worker_processes
 
 
 def _sizes_text(manifest) -> str:
-    sizes = manifest.metric("cluster", "segment_sizes") or {}
+    sizes = manifest.fact("segment_sizes") or {}
     return " ".join(f"{sid}:{n:,}" for sid, n in sizes.items())
 
 
-def _run_flow(parameters: dict, json_out: bool, verbose: bool, engine: str = defaults.ENGINE,
+def _run_flow(parameters: dict, json_out: bool, verbose: bool, engine: str = ENGINE,
               dask_address: str | None = None) -> None:
     """Run the flow and end the command the same way for run and resume: summary, JSON, exit code."""
     # Before anything else: the helpers' imports then overlap the server and Prefect's start-up.
@@ -496,8 +475,8 @@ def _with_engine(flow, engine: str, dask_address: str | None):
     from prefect_dask import DaskTaskRunner
 
     runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
-        cluster_kwargs={"n_workers": defaults.DASK_WORKERS, "threads_per_worker": 1, "processes": True,
-                        "memory_limit": defaults.DASK_WORKER_MEMORY, "dashboard_address": None})
+        cluster_kwargs={"n_workers": settings.DASK_WORKERS, "threads_per_worker": 1, "processes": True,
+                        "memory_limit": settings.DASK_WORKER_MEMORY, "dashboard_address": None})
     return flow.with_options(task_runner=runner)
 
 
@@ -532,12 +511,12 @@ def summary_text(manifest) -> str:
     window = f"the {manifest.window} months before" if manifest.window else "all invoices before"
     lines = [
         f"Run {manifest.run_id} {manifest.status}: as-of {manifest.as_of} ({window} {(manifest.cutoff or '')[:10]}), "
-        f"{manifest.rows_clean or 0:,} of {manifest.metric('clean', 'rows_in', 0):,} invoice lines kept, "
+        f"{manifest.rows_clean or 0:,} of {manifest.fact('rows_in', 0):,} invoice lines kept, "
         f"{manifest.customers or 0:,} customers, k={manifest.k} (silhouette {manifest.silhouette}).",
     ]
-    repeated = manifest.metric("ingest", "repeated_across_files", 0)
-    if manifest.metric("ingest", "files", 1) > 1:
-        lines.append(f"  read {manifest.metric('ingest', 'files')} files: {repeated:,} lines repeated across files "
+    repeated = manifest.fact("repeated_across_files", 0)
+    if manifest.fact("files", 1) > 1:
+        lines.append(f"  read {manifest.fact('files')} files: {repeated:,} lines repeated across files "
                      "counted once")
     for rule, n in manifest.rows_dropped.items():
         if n or rule != "before_window":
@@ -565,9 +544,9 @@ def summary_text(manifest) -> str:
             )
     if manifest.previous:
         lines.append(f"  since {manifest.previous['as_of']} (run {manifest.previous['run_id']}): "
-                     f"{manifest.metric('migration', 'movers', 0):,} customers changed segment, "
-                     f"{manifest.metric('migration', 'new_customers', 0):,} new, "
-                     f"{manifest.metric('migration', 'lapsed_customers', 0):,} lapsed")
+                     f"{manifest.fact('movers', 0):,} customers changed segment, "
+                     f"{manifest.fact('new_customers', 0):,} new, "
+                     f"{manifest.fact('lapsed_customers', 0):,} lapsed")
     lines.append(f"Results: {manifest.run_dir}")
     return "\n".join(lines)
 

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from customer_segments.flows import defaults
+from customer_segments.flows import settings
 from customer_segments.flows.pipeline import segmentation
+from customer_segments.tasks.runtime import parameters
 
 
-def deployment_parameters(landing: str, artifacts: str) -> dict:
-    """Scheduled runs read the landing path and segment up to the month of their scheduled start.
+def deployment_parameters(values: dict[str, Any]) -> dict[str, Any]:
+    """The run parameters scheduled runs take: those that differ from the defaults, paths made absolute.
 
-    Paths are made absolute here: a worker or a served process may run in another folder.
+    Scheduled runs read the landing path (input_path) and segment up to the month of their
+    scheduled start. Paths are made absolute here: a worker or a served process may run in
+    another folder. Parameters left at their defaults are not written into the deployment, so
+    they stay editable in the UI as defaults.
     """
-    return {"input_path": str(Path(landing).resolve()), "artifacts": str(Path(artifacts).resolve()),
-            "as_of": defaults.SCHEDULED}
+    defaults = parameters.defaults().model_dump()
+    chosen = {name: value for name, value in values.items() if value != defaults.get(name)}
+    return chosen | {"input_path": str(Path(values["input_path"]).resolve()),
+                     "artifacts": str(Path(values["artifacts"]).resolve()), "as_of": settings.SCHEDULED}
 
 
 def _schedule(cron: str, timezone: str):
@@ -23,19 +30,18 @@ def _schedule(cron: str, timezone: str):
     return Cron(cron, timezone=timezone)
 
 
-def serve_monthly(cron: str = defaults.CRON, timezone: str = defaults.TIMEZONE,
-                  landing: str = defaults.INPUT_PATH, artifacts: str = defaults.ARTIFACTS) -> None:
+def serve_monthly(values: dict[str, Any], cron: str = settings.CRON, timezone: str = settings.TIMEZONE) -> None:
     segmentation.serve(
-        name=defaults.DEPLOYMENT_NAME,
+        name=settings.DEPLOYMENT_NAME,
         schedule=_schedule(cron, timezone),
-        parameters=deployment_parameters(landing, artifacts),
-        tags=list(defaults.DEPLOYMENT_TAGS),
-        description=defaults.DEPLOYMENT_DESCRIPTION,
+        parameters=deployment_parameters(values),
+        tags=list(settings.DEPLOYMENT_TAGS),
+        description=settings.DEPLOYMENT_DESCRIPTION,
     )
 
 
-def deploy_monthly(work_pool: str, cron: str = defaults.CRON, timezone: str = defaults.TIMEZONE,
-                   landing: str = defaults.INPUT_PATH, artifacts: str = defaults.ARTIFACTS) -> str:
+def deploy_monthly(work_pool: str, values: dict[str, Any], cron: str = settings.CRON,
+                   timezone: str = settings.TIMEZONE) -> str:
     """Register the deployment on a work pool; its workers import the flow from this package.
 
     The entrypoint is the installed module (customer_segments.flows.pipeline:segmentation), so a
@@ -44,12 +50,12 @@ def deploy_monthly(work_pool: str, cron: str = defaults.CRON, timezone: str = de
     from prefect.types.entrypoint import EntrypointType
 
     deployment_id = segmentation.deploy(
-        name=defaults.DEPLOYMENT_NAME,
+        name=settings.DEPLOYMENT_NAME,
         work_pool_name=work_pool,
         schedule=_schedule(cron, timezone),
-        parameters=deployment_parameters(landing, artifacts),
-        tags=list(defaults.DEPLOYMENT_TAGS),
-        description=defaults.DEPLOYMENT_DESCRIPTION,
+        parameters=deployment_parameters(values),
+        tags=list(settings.DEPLOYMENT_TAGS),
+        description=settings.DEPLOYMENT_DESCRIPTION,
         entrypoint_type=EntrypointType.MODULE_PATH,
         print_next_steps=False,
     )

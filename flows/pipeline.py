@@ -1,14 +1,19 @@
-"""The Prefect flow: the segmentation pipeline's table of contents.
+"""The Prefect flow: it walks the stage catalogue (tasks/catalogue.py).
 
-Each stage runs as a Prefect task named after it. Tasks pass small references to the datasets
-they wrote (path, sha256, rows), never DataFrames, so the run graph shows the data flow and any
-stage can run in another process or on another machine that sees the artifacts folder. All the
-work of a stage (reading, caching, validating, writing) is the shared stage runner's; the maths
-is in tasks/. The flow itself keeps the run's manifest.
+Each stage runs as a Prefect task named after it, started as soon as the datasets it reads exist;
+the order comes from the catalogue's dataset names, and no stage is named here. Tasks pass small
+references to the datasets they wrote (path, sha256, rows), never DataFrames, so the run graph
+shows the data flow and any stage can run in another process or on a Dask worker that sees the
+artifacts folder. All the work of a stage (reading, caching, validating, writing) is the shared
+stage runner's; the maths is in tasks/. The flow itself keeps the run's manifest.
+
+The flow's parameters are the run-parameters model's (tasks/runtime/parameters.py), plus the few
+options of a call (`RUN_OPTIONS`).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -18,32 +23,26 @@ from typing import Any  # noqa: E402
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.futures import PrefectFuture  # noqa: E402
+from prefect.futures import PrefectFuture, as_completed  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
-from customer_segments.flows import audit, defaults  # noqa: E402
-from customer_segments.tasks import elsewhere, helpers, runs  # noqa: E402
+from customer_segments.flows import audit, settings  # noqa: E402
+from customer_segments.tasks import catalogue  # noqa: E402
 from customer_segments.tasks.errors import ParameterError, PipelineError  # noqa: E402
-from customer_segments.tasks.manifest import Manifest, RunContext, StageRecord, StageResult  # noqa: E402
-from customer_segments.tasks.runner import Stage, run_stage  # noqa: E402
-from customer_segments.tasks.stages import (  # noqa: E402
-    BASKET, CHAID, CLEAN, CLUSTER, FEATURES, INGEST, MIGRATION, NORMALIZE, PLOTS, PROFILE, PROPENSITY, RFM, SELECT_K,
-    STABILITY, STAGE_NAMES, STAGES,
-)
-
-
-# Stages no later stage waits for and whose work is pure Python, computed in the helper process
-# (on the other core): see tasks/elsewhere.py.
-ELSEWHERE = frozenset({"propensity", "basket"})
+from customer_segments.tasks.runtime import parameters, run_folders, worker_processes  # noqa: E402
+from customer_segments.tasks.runtime.graph import pipeline as graph  # noqa: E402
+from customer_segments.tasks.runtime.manifest import Manifest, RunContext, StageRecord, StageResult  # noqa: E402
+from customer_segments.tasks.runtime.stage import Stage  # noqa: E402
+from customer_segments.tasks.runtime.stage_runner import run_stage  # noqa: E402
 
 
 def stage_task(stage: Stage):
-    """The Prefect task of a stage: run it, log one line an auditor can read, return the reference."""
+    """The Prefect task of a stage: run it where the catalogue says, log one line, return the reference."""
 
     def run(context: RunContext, upstream: list[StageResult]) -> Any:
-        if stage.name in ELSEWHERE:
-            result = elsewhere.run(stage.name, context, upstream)
+        if stage.runs_in == "worker":
+            result = worker_processes.run_stage_in_worker(stage.name, context, upstream)
         else:
             result = run_stage(stage, context, upstream)
         get_run_logger().info(audit.stage_line(result, upstream))
@@ -70,169 +69,167 @@ def retry_transient_only(task, task_run, state) -> bool:
     return False
 
 
-TASKS = {stage.name: stage_task(stage) for stage in STAGES}
+TASKS = {stage.name: stage_task(stage) for stage in catalogue.STAGES}
 
 
 @task(name="open_run", cache_policy=NO_CACHE, persist_result=False)
-def open_run(context: RunContext, ingested: StageResult) -> RunContext:
+def open_run(context: RunContext, sources: list[StageResult]) -> RunContext:
     """Fix the run's month from the data, create its folder, and name the flow run after it."""
-    opened = runs.open_folder(context, ingested.record.metrics.get("last_invoice"))
+    newest = next((r.record.metrics["last_invoice"] for r in sources if "last_invoice" in r.record.metrics), None)
+    opened = run_folders.open_folder(context, newest)
     label_flow_run(opened)
     get_run_logger().info("Run %s: as-of %s (invoices before %s), folder %s", opened.run_id,
                           opened.params["as_of"], opened.params["cutoff"][:10], opened.run_dir)
     return opened
 
 
-@task(name="previous_run", cache_policy=NO_CACHE, persist_result=False)
+@task(name=catalogue.PREVIOUS.name, cache_policy=NO_CACHE, persist_result=False)
 def previous_run(context: RunContext) -> StageResult:
     """Last month's run of the same series, whose segments this month's ids continue."""
-    found = runs.previous_run(context.artifacts_dir, context.params["as_of"], context.params)
+    found = run_folders.previous_run(context.artifacts_dir, context.params["as_of"], context.params)
     if found is None:
         get_run_logger().info("No run of this series for the month before %s: segment ids start anew.",
                               context.params["as_of"])
-        return StageResult(stage="previous_run", record=StageRecord(status="completed"), facts={"previous_customers": 0})
-    cluster = found.stages["cluster"]
-    outputs = {"previous_labels": cluster.outputs["cluster_labels"].model_copy(update={"name": "previous_labels"}),
-               "previous_lineage": cluster.outputs["segment_lineage"].model_copy(update={"name": "previous_lineage"})}
+        return StageResult(stage=catalogue.PREVIOUS.name, record=StageRecord(status="completed"),
+                           facts={"previous_customers": 0})
+    outputs = {name: found.dataset(stage, dataset).model_copy(update={"name": name})
+               for name, (stage, dataset) in catalogue.PREVIOUS.outputs.items()}
     facts = {"previous_run_id": found.run_id, "previous_as_of": found.as_of, "previous_run_dir": found.run_dir,
              "previous_customers": found.customers}
     get_run_logger().info("Segment ids continue those of run %s (%s, %s customers).", found.run_id, found.as_of,
                           f"{found.customers:,}")
-    return StageResult(stage="previous_run", record=StageRecord(status="completed", outputs=outputs, metrics=facts),
-                       facts=facts)
+    return StageResult(stage=catalogue.PREVIOUS.name,
+                       record=StageRecord(status="completed", outputs=outputs, metrics=facts), facts=facts)
 
 
-class Pipeline:
-    """Submits stage tasks and records each outcome in the run's manifest.
+class Walk:
+    """Runs the enabled stages of the catalogue, each as soon as the datasets it reads exist.
 
-    `run` waits for a stage; `submit` starts one that later stages do not need right away, so that
-    it runs beside them (while one thread waits on k-means' compiled code or on a quality gate in
-    the validator process, another computes); `wait` records submitted stages' outcomes.
+    Stages without inputs (ingest) run first, with the run not yet in a folder; once they are
+    done the run folder opens (its month comes from the data) and last month's run is looked up;
+    every other stage gets the opened run. Each outcome is recorded in the manifest as it comes.
+    On a failure nothing new starts; the stages already running finish and are recorded.
     """
 
-    def __init__(self, context: RunContext, ledger: runs.RunLedger):
+    def __init__(self, context: RunContext, ledger: run_folders.RunLedger, stages: list[str]):
         self.context: RunContext | PrefectFuture = context
         self.ledger = ledger
-        self.pending: dict[str, PrefectFuture] = {}
+        self.todo = list(stages)
+        self.done: dict[str, PrefectFuture] = {}        # producer name -> its finished future
+        self.running: dict[str, PrefectFuture] = {}
+        self.opened = False
 
-    def run(self, stage: Stage, *upstream: PrefectFuture) -> PrefectFuture:
-        future = self.submit(stage, *upstream)
-        self.wait(future)
-        return future
-
-    def submit(self, stage: Stage, *upstream: PrefectFuture) -> PrefectFuture:
-        self.ledger.started(stage.name)
-        future = TASKS[stage.name].submit(self.context, list(upstream))
-        self.pending[stage.name] = future
-        return future
-
-    def wait(self, *futures: PrefectFuture | None) -> None:
-        """Record the outcome of each given stage (all pending ones when none is given)."""
-        chosen = [f for f in futures if f is not None] if futures else list(self.pending.values())
-        first_error = None
-        for name, future in [(n, f) for n, f in self.pending.items() if any(f is c for c in chosen)]:
-            del self.pending[name]
+    def run(self) -> None:
+        first_error: BaseException | None = None
+        while self.todo or self.running:
+            if first_error is None:
+                try:
+                    self._open_when_sources_are_done()
+                    for name in [n for n in self.todo if self._ready(n)]:
+                        self._submit(name)
+                except BaseException as exc:  # the run folder could not be opened
+                    first_error = exc
+            if not self.running:
+                if first_error is not None or not self.todo:
+                    break
+                raise RuntimeError("no stage can start: " + ", ".join(self.todo))  # the graph tests rule this out
+            future = next(as_completed(list(self.running.values())))
+            name = next(n for n, f in self.running.items() if f is future)
+            del self.running[name]
             try:
                 self.ledger.finished(future.result())
+                self.done[name] = future
             except BaseException as exc:
                 self.ledger.failed(name, exc)
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error
 
-    def settle(self) -> None:
-        """After a failure: let stages still running finish, and record how they ended."""
-        try:
-            self.wait()
-        except BaseException:
-            pass
+    def _sources(self) -> list[str]:
+        return [s.name for s in catalogue.STAGES if not s.inputs]
 
-    def open(self, ingested: PrefectFuture) -> None:
-        self.context = open_run.submit(self.context, ingested)
+    def _open_when_sources_are_done(self) -> None:
+        sources = self._sources()
+        if self.opened or any(n in self.todo or n in self.running for n in sources):
+            return
+        self.context = open_run.submit(self.context, [self.done[n] for n in sources if n in self.done])
         self.ledger.opened(self.context.result())
+        previous = previous_run.submit(self.context)
+        self.ledger.previous(previous.result())
+        self.done[catalogue.PREVIOUS.name] = previous
+        self.opened = True
 
-    def context_value(self, name: str):
-        context = self.context.result() if isinstance(self.context, PrefectFuture) else self.context
-        return context.params[name]
+    def _ready(self, name: str) -> bool:
+        stage = catalogue.BY_NAME[name]
+        if stage.inputs and not self.opened:
+            return False
+        producers = graph().upstream_stages(stage)
+        return all(p in self.done or (p not in self.todo and p not in self.running) for p in producers)
 
-    def previous(self) -> PrefectFuture:
-        future = previous_run.submit(self.context)
-        self.ledger.previous(future.result())
-        return future
+    def _submit(self, name: str) -> None:
+        stage = catalogue.BY_NAME[name]
+        upstream = [self.done[p] for p in graph().upstream_stages(stage) if p in self.done]
+        self.todo.remove(name)
+        self.ledger.started(name)
+        self.running[name] = TASKS[name].submit(self.context, upstream)
+
+
+# --- the flow's parameters: the model's, and the options of one call ------------------------------
+
+RUN_OPTIONS = (
+    inspect.Parameter("refresh", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool),
+    inspect.Parameter("from_stage", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None),
+    inspect.Parameter("run_id", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None),
+    inspect.Parameter("input_sha256", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None),
+)
+
+
+def model_signature(exclude: tuple[str, ...] = (), first: tuple[inspect.Parameter, ...] = (),
+                    last: tuple[inspect.Parameter, ...] = ()) -> inspect.Signature:
+    """A signature whose keyword parameters are the run-parameters model's fields."""
+    fields = parameters.model().model_fields
+    derived = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=field.annotation,
+                                 default=field.get_default(call_default_factory=True))
+               for name, field in fields.items() if name not in exclude]
+    return inspect.Signature([*first, *derived, *last], return_annotation=Any)
+
+
+def with_signature(signature: inspect.Signature):
+    """Give a `**kwargs` function the signature Prefect (and its UI) shows as the flow's parameters."""
+
+    def apply(function):
+        function.__signature__ = signature
+        function.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        return function
+
+    return apply
 
 
 def initial_flow_run_name() -> str:
     """The month is known at start only when given; otherwise the run is renamed after ingest."""
     as_of = flow_run.get_parameters().get("as_of")
-    return f"segmentation-{str(as_of)[:7]}" if as_of and as_of != defaults.SCHEDULED else "segmentation-(reading input)"
+    return f"segmentation-{str(as_of)[:7]}" if as_of and as_of != settings.SCHEDULED else "segmentation-(reading input)"
 
 
-@flow(name=defaults.FLOW_NAME, flow_run_name=initial_flow_run_name, persist_result=False, validate_parameters=True)
-def segmentation(
-    input_path: str = defaults.INPUT_PATH,
-    as_of: str | None = None,
-    k: int | None = None,
-    k_min: int = defaults.K_MIN,
-    k_max: int = defaults.K_MAX,
-    window: int | None = None,
-    encoding: str | None = None,
-    date_format: str | None = None,
-    artifacts: str = defaults.ARTIFACTS,
-    methods: list[str] = list(defaults.METHODS),
-    horizon: int = defaults.HORIZON,
-    basket_min_support: float = defaults.BASKET_MIN_SUPPORT,
-    basket_min_baskets: int = defaults.BASKET_MIN_BASKETS,
-    basket_min_lift: float = defaults.BASKET_MIN_LIFT,
-    basket_max_len: int = defaults.BASKET_MAX_LEN,
-    chaid_target: str = defaults.CHAID_TARGET,
-    chaid_max_depth: int = defaults.CHAID_MAX_DEPTH,
-    chaid_min_parent: int = defaults.CHAID_MIN_PARENT,
-    chaid_min_child: int = defaults.CHAID_MIN_CHILD,
-    refresh: bool = False,
-    from_stage: str | None = None,
-    engine: str = defaults.ENGINE,
-    run_id: str | None = None,
-    input_sha256: str | None = None,
-) -> Manifest:
+@flow(name=settings.FLOW_NAME, flow_run_name=initial_flow_run_name, persist_result=False, validate_parameters=True)
+@with_signature(model_signature(last=RUN_OPTIONS))
+def segmentation(**kwargs: Any) -> Manifest:
     """Segment customers from invoice lines; returns the run's manifest.
 
     With run_id, the other parameters come from that run's manifest and the run is completed in
     its own folder (resume). A retry of the same flow run does the same. input_sha256 spares
     hashing the input again when the caller just did (a backfill's months).
     """
+    options = {p.name: kwargs.pop(p.name, p.default) for p in RUN_OPTIONS}
+    context, ledger = prepare_run(kwargs, **options)
     # The helpers import Great Expectations and the methods' libraries meanwhile; on the dask engine
     # the stages run on the cluster's workers, and only the validator (Data Docs) is of use here.
-    helpers.start(worker=engine != "dask")
-    options = {"engine": engine, "methods": list(methods), "horizon": horizon,
-               "basket_min_support": basket_min_support, "basket_min_baskets": basket_min_baskets,
-               "basket_min_lift": basket_min_lift, "basket_max_len": basket_max_len, "chaid_target": chaid_target,
-               "chaid_max_depth": chaid_max_depth, "chaid_min_parent": chaid_min_parent, "chaid_min_child": chaid_min_child}
-    context, ledger = prepare_run(input_path, as_of, k, k_min, k_max, window, encoding, date_format, artifacts,
-                                  refresh, from_stage, run_id, input_sha256, options)
-    pipeline = Pipeline(context, ledger)
+    worker_processes.start(worker=context.params.get("engine") != "dask")
+    enabled = graph().runnable(stage_switches(context.params))
     try:
-        raw = pipeline.run(INGEST)
-        pipeline.open(raw)
-        clean = pipeline.run(CLEAN, raw)
-        chosen = set(pipeline.context_value("methods"))
-        # The other methods run beside the segmentation as soon as their inputs exist.
-        propensity = pipeline.submit(PROPENSITY, clean) if "propensity" in chosen else None
-        features = pipeline.run(FEATURES, clean)
-        normalized = pipeline.run(NORMALIZE, features)
-        k_table = pipeline.run(SELECT_K, normalized)
-        previous = pipeline.previous()
-        labels = pipeline.run(CLUSTER, features, normalized, k_table, previous)
-        basket = pipeline.submit(BASKET, clean, labels) if "basket" in chosen else None
-        stability = pipeline.run(STABILITY, normalized, labels, k_table)
-        pipeline.run(PROFILE, labels, clean, stability)
-        migration = pipeline.run(MIGRATION, labels, previous)
-        rfm = pipeline.submit(RFM, clean, labels) if "rfm" in chosen else None
-        chaid = pipeline.submit(CHAID, clean, labels) if "chaid" in chosen else None
-        pipeline.run(PLOTS, k_table, labels, migration)
-        pipeline.wait(propensity, rfm, chaid, basket)
+        Walk(context, ledger, enabled).run()
         manifest = ledger.finish("completed")
     except BaseException as exc:
-        pipeline.settle()
         # The caller (CLI, tests) gets the run's state along with the error.
         exc.manifest = ledger.finish("failed", error=str(exc))
         raise
@@ -242,22 +239,22 @@ def segmentation(
     return manifest
 
 
-@flow(name=defaults.BACKFILL_FLOW_NAME, flow_run_name="backfill-{start}..{end}", persist_result=False,
+def stage_switches(params: dict[str, Any]) -> list[str]:
+    """The stages a run's parameters leave on: every stage, less the switchable ones not chosen."""
+    chosen = set(params.get(parameters.METHODS) or ())
+    return [s.name for s in catalogue.STAGES if not s.switchable or s.name in chosen]
+
+
+BACKFILL_FIRST = (
+    inspect.Parameter("start", inspect.Parameter.KEYWORD_ONLY, annotation=str),
+    inspect.Parameter("end", inspect.Parameter.KEYWORD_ONLY, annotation=str),
+)
+
+
+@flow(name=settings.BACKFILL_FLOW_NAME, flow_run_name="backfill-{start}..{end}", persist_result=False,
       validate_parameters=True)
-def backfill(
-    input_path: str,
-    start: str,
-    end: str,
-    window: int | None = None,
-    k: int | None = None,
-    k_min: int = defaults.K_MIN,
-    k_max: int = defaults.K_MAX,
-    encoding: str | None = None,
-    date_format: str | None = None,
-    artifacts: str = defaults.ARTIFACTS,
-    methods: list[str] = list(defaults.METHODS),
-    horizon: int = defaults.HORIZON,
-) -> list[tuple[Manifest, bool]]:
+@with_signature(model_signature(exclude=("as_of",), first=BACKFILL_FIRST))
+def backfill(start: str, end: str, **kwargs: Any) -> list[tuple[Manifest, bool]]:
     """One segmentation per month from start to end (YYYY-MM), in order: month t's ids need t-1's.
 
     Each month is a child flow run named segmentation-YYYY-MM. A month that already has an
@@ -265,22 +262,20 @@ def backfill(
     month's current run) is kept, not run again. Returns (manifest, reused) per month; a failed
     month stops the backfill, its error carrying the months done so far as `done`.
     """
-    months = runs.month_range(start, end)
-    info = runs.input_fingerprint(Path(input_path))  # once for all months; each ingest is cached
-    params = {"window": window, "k": k, "k_min": k_min, "k_max": k_max, "encoding": encoding,
-              "date_format": date_format}
-    options = {"methods": list(methods), "horizon": horizon}
+    params = parameters.validate(kwargs, "backfill").model_dump()
+    months = run_folders.month_range(start, end)
+    info = run_folders.input_fingerprint(Path(params["input_path"]))  # once for all months; ingest is cached
+    artifacts = Path(params["artifacts"])
     logger = get_run_logger()
     done: list[tuple[Manifest, bool]] = []
     for month in months:
-        kept = runs.reusable_run(Path(artifacts), month, params | options, info.sha256)
+        kept = run_folders.reusable_run(artifacts, month, params | {"as_of": month}, info.sha256)
         if kept is not None:
             logger.info("%s: kept run %s (same input, parameters, code and previous month)", month, kept.run_id)
             done.append((kept, True))
             continue
         try:
-            manifest = segmentation(input_path=str(input_path), as_of=month, artifacts=artifacts,
-                                    input_sha256=info.sha256, **params, **options)
+            manifest = segmentation(**params | {"as_of": month}, input_sha256=info.sha256)
         except BaseException as exc:
             exc.done = done
             raise
@@ -289,7 +284,7 @@ def backfill(
 
 
 def write_report(manifest: Manifest) -> None:
-    """The run's report.html, for the people who act on the segments (see flows/report.py)."""
+    """The run's report.html, for the people who act on the segments (see flows/report/)."""
     from customer_segments.flows.report import build_report
 
     path = build_report(Path(manifest.run_dir))
@@ -314,29 +309,21 @@ def run_tags(context: RunContext) -> list[str]:
             f"window:{window if window is not None else 'all'}"]
 
 
-def prepare_run(input_path, as_of, k, k_min, k_max, window, encoding, date_format, artifacts, refresh, from_stage,
-                run_id, input_sha256=None, options=None) -> tuple[RunContext, runs.RunLedger]:
-    artifacts_dir = Path(artifacts)
+def prepare_run(values: dict[str, Any], *, refresh: bool = False, from_stage: str | None = None,
+                run_id: str | None = None, input_sha256: str | None = None) -> tuple[RunContext, run_folders.RunLedger]:
+    """A new run from its parameters, or an earlier one reopened (resume, or a retry of this flow run)."""
     to_refresh = stages_to_refresh(refresh, from_stage)
-    earlier = runs.find_run(artifacts_dir, run_id) if run_id else runs.find_flow_run(artifacts_dir, flow_run.get_id())
+    artifacts = Path(values.get("artifacts") or parameters.declared()["artifacts"].default)
+    earlier = (run_folders.find_run(artifacts, run_id) if run_id
+               else run_folders.find_flow_run(artifacts, flow_run.get_id()))
     if earlier is not None:
-        return runs.reopen(earlier, flow_run_id=flow_run.get_id(), refresh=to_refresh)
-    if as_of == defaults.SCHEDULED:
-        as_of = scheduled_month()
-    runs.parse_month(as_of)
-    if window is not None and window < 1:
-        raise ParameterError("clean", f"--window must be a number of months of at least 1, got {window}")
-    options = dict(options or {})
-    if options.get("engine", defaults.ENGINE) not in defaults.ENGINES:
-        raise ParameterError("run", f"--engine must be one of {', '.join(defaults.ENGINES)}, got {options['engine']!r}")
-    unknown = sorted(set(options.get("methods", [])) - set(defaults.METHODS))
-    if unknown:
-        raise ParameterError("run", f"unknown method(s) {', '.join(unknown)}; the methods are {', '.join(defaults.METHODS)}")
-    options["methods"] = [m for m in defaults.METHODS if m in options.get("methods", defaults.METHODS)]
-    params = {"input_path": str(input_path), "as_of": as_of, "k": k, "k_min": k_min, "k_max": k_max,
-              "window": window, "encoding": encoding, "date_format": date_format, **options}
-    return runs.start(artifacts_dir, params, flow_run_id=flow_run.get_id(), refresh=to_refresh,
-                      input_sha256=input_sha256)
+        return run_folders.reopen(earlier, flow_run_id=flow_run.get_id(), refresh=to_refresh)
+    params = parameters.validate(values).model_dump()
+    if params["as_of"] == settings.SCHEDULED:
+        params["as_of"] = scheduled_month()
+    run_folders.parse_month(params["as_of"])
+    return run_folders.start(artifacts, params, flow_run_id=flow_run.get_id(), refresh=to_refresh,
+                             input_sha256=input_sha256)
 
 
 def scheduled_month() -> str:
@@ -348,7 +335,7 @@ def scheduled_month() -> str:
     from prefect.runtime import deployment
 
     deployment_id = deployment.get_id()
-    zone = defaults.TIMEZONE
+    zone = settings.TIMEZONE
     if deployment_id:
         from prefect.client.orchestration import get_client
 
@@ -362,10 +349,11 @@ def scheduled_month() -> str:
 
 
 def stages_to_refresh(refresh: bool, from_stage: str | None) -> frozenset[str]:
+    """Every stage with --refresh; with --from-stage, that stage and every stage downstream of it."""
     if refresh:
-        return frozenset(STAGE_NAMES)
+        return frozenset(catalogue.BY_NAME)
     if from_stage is None:
         return frozenset()
-    if from_stage not in STAGE_NAMES:
-        raise ParameterError(from_stage, f"--from-stage must be one of {', '.join(STAGE_NAMES)}")
-    return frozenset(STAGE_NAMES[STAGE_NAMES.index(from_stage):])
+    if from_stage not in catalogue.BY_NAME:
+        raise ParameterError("run", f"--from-stage must be one of {', '.join(graph().order())}, got {from_stage!r}")
+    return frozenset(graph().downstream(from_stage))

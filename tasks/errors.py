@@ -45,6 +45,18 @@ class ParameterError(PipelineError):
         return (type(self), (self.stage, self.problem))
 
 
+class UsageError(PipelineError):
+    """A command was given something it cannot use (an unknown run id, a target it cannot write)."""
+
+    def __init__(self, command: str, problem: str):
+        self.command = command
+        self.problem = problem
+        super().__init__(f"segment {command}: {problem}.")
+
+    def __reduce__(self):
+        return (type(self), (self.command, self.problem))
+
+
 class DiskFullError(PipelineError):
     """A stage could not write its outputs because the disk (or the user's quota) is full."""
 

@@ -17,9 +17,9 @@ import pytest
 from support import SAMPLE, run_cli, run_flow, snapshot
 
 from customer_segments.tasks.errors import PipelineError
-from customer_segments.tasks.manifest import RunContext
-from customer_segments.tasks.runner import QualityError, run_stage
-from customer_segments.tasks.stages import CLEAN, FEATURES, INGEST, NORMALIZE
+from customer_segments.tasks.runtime.manifest import RunContext
+from customer_segments.tasks.runtime.stage_runner import QualityError, run_stage
+from customer_segments.tasks.catalogue import CLEAN, FEATURES, INGEST, NORMALIZE
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from customer_segments.tasks import basket
-from customer_segments.tasks.basket import (
-    basket_rules,
-    basket_table,
-    frequent_rules,
-    min_basket_count,
-    recommendations,
-    rules_metrics,
-    top_rules_plot,
-)
-from customer_segments.tasks.products import is_service_code, load_service_codes, product_names
-from customer_segments.tasks.profile import top_products
+from support import DEFAULTS
+
+from customer_segments.tasks.methods import basket
+from customer_segments.tasks.methods.basket import min_basket_count, recommendations, rules_metrics, top_rules_plot
+from customer_segments.tasks.methods.products import is_service_code, load_service_codes, product_names
+from customer_segments.tasks.segmentation.profile import top_products
+
+# The thresholds as a run has them by default (declared with the basket stage in the catalogue).
+RULE_DEFAULTS = dict(min_share=DEFAULTS.basket_min_support, min_baskets=DEFAULTS.basket_min_baskets,
+                     max_len=DEFAULTS.basket_max_len, min_lift=DEFAULTS.basket_min_lift)
+
+
+def frequent_rules(lines, **given):
+    return basket.frequent_rules(lines, **{**RULE_DEFAULTS, **given})
+
+
+def basket_rules(clean, labels, codes, **given):
+    return basket.basket_rules(clean, labels, codes, **{**RULE_DEFAULTS, **given})
+
+
+def basket_table(clean, codes, country=None, **given):
+    return basket.basket_table(clean, codes, country, **{**RULE_DEFAULTS, **given})
+
 
 REAL_PARQUET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "online_retail.parquet"
 
@@ -385,8 +396,8 @@ def real_parquet() -> Path:
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_rules_on_the_real_uci_data():
-    from customer_segments.tasks.clean import clean_invoices
-    from customer_segments.tasks.ingest import read_invoices
+    from customer_segments.tasks.segmentation.cleaning import clean_invoices
+    from customer_segments.tasks.inputs.readers import read_invoices
 
     clean = clean_invoices(read_invoices(real_parquet()), "2011-12-01")
     assert len(clean) == 380_620  # the reference cleaning's known row count

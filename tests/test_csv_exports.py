@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from customer_segments.tasks.csv_export import parse_invoice_dates, read_csv_export
+from customer_segments.tasks.inputs.csv_export import parse_invoice_dates, read_csv_export
 from customer_segments.tasks.errors import InputError
 
 HEADER = "InvoiceNo;StockCode;Description;Quantity;InvoiceDate;UnitPrice;CustomerID;Country"
@@ -155,7 +155,7 @@ def test_line_cut_short_is_reported_too(tmp_path):
 def test_too_many_fields_reported_by_pandas_read_the_same_way(tmp_path, monkeypatch):
     # Without the pyarrow pre-check, pandas' own "C error: Expected 8 fields in line 3, saw 9"
     # is translated into the same words.
-    from customer_segments.tasks import csv_export
+    from customer_segments.tasks.inputs import csv_export
 
     monkeypatch.setattr(csv_export, "_check_field_counts", lambda *args: None)
     path = write(tmp_path, (

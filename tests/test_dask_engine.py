@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from support import BIN, REAL_PARQUET, REPO, SAMPLE, last_json, real, run_cli
 
-from customer_segments.tasks.manifest import Manifest
-from customer_segments.tasks.storage import sha256_file
+from customer_segments.tasks.runtime.manifest import Manifest
+from customer_segments.tasks.runtime.storage import sha256_file
 
 pytestmark = pytest.mark.slow
 # Everything a run writes per customer or per segment: the same whichever engine made it.
@@ -152,7 +152,7 @@ def test_lines_repeated_across_files_count_once_as_on_the_pandas_engine(tmp_path
     from distributed import Client, LocalCluster
 
     from customer_segments.data.generator import generate
-    from customer_segments.tasks import dask_engine, ingest
+    from customer_segments.tasks.inputs import readers as ingest
 
     lines = generate(customers=300, months=6, seed=3).invoices
     half, third = len(lines) // 2, len(lines) // 3
@@ -162,8 +162,8 @@ def test_lines_repeated_across_files_count_once_as_on_the_pandas_engine(tmp_path
     expected = ingest.read_invoices(tmp_path)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster):
-        frame = dask_engine.read_invoices(tmp_path)
-        metrics = dask_engine.ingest_metrics({"raw_invoices": frame}, {"input_path": str(tmp_path)})
+        frame = ingest.read_invoices_dask(tmp_path)
+        metrics = ingest.ingest_metrics_dask({"raw_invoices": frame}, {"input_path": str(tmp_path)})
         got = frame.compute()
     assert metrics["rows_read"] == expected.attrs["rows_read"] == len(lines) - third + half + 1000
     assert metrics["repeated_across_files"] == expected.attrs["rows_read"] - len(expected) > 0

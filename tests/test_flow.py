@@ -11,28 +11,22 @@ import pandas as pd
 import pytest
 from support import OUTPUTS, PARQUETS, PLOTS, run_cli, run_flow, snapshot
 
-from customer_segments.tasks.manifest import Manifest
-from customer_segments.tasks.storage import sha256_file
+from customer_segments.tasks import catalogue
+from customer_segments.tasks.runtime.graph import pipeline
+from customer_segments.tasks.runtime.manifest import Manifest
+from customer_segments.tasks.runtime.storage import sha256_file
 
-# Each stage and the stages whose outputs it reads: the edges the run graph must show.
-UPSTREAM = {
-    "ingest": set(),
-    "open_run": {"ingest"},
-    "clean": {"ingest", "open_run"},
-    "features": {"clean", "open_run"},
-    "normalize": {"features", "open_run"},
-    "select_k": {"normalize", "open_run"},
-    "previous_run": {"open_run"},
-    "cluster": {"features", "normalize", "select_k", "previous_run", "open_run"},
-    "stability": {"normalize", "cluster", "select_k", "open_run"},
-    "profile": {"cluster", "clean", "stability", "open_run"},
-    "migration": {"cluster", "previous_run", "open_run"},
-    "plots": {"select_k", "cluster", "migration", "open_run"},
-    "propensity": {"clean", "open_run"},
-    "basket": {"clean", "cluster", "open_run"},
-    "rfm": {"clean", "cluster", "open_run"},
-    "chaid": {"clean", "cluster", "open_run"},
-}
+def expected_edges() -> dict[str, set[str]]:
+    """Each task and the task runs whose outputs it reads, from the catalogue's dataset names.
+
+    Every stage but the sources reads the opened run (open_run); open_run reads the sources, and
+    the previous-month step reads the opened run.
+    """
+    graph = pipeline()
+    sources = {s.name for s in catalogue.STAGES if not s.inputs}
+    edges = {name: set(graph.upstream_stages(catalogue.BY_NAME[name])) | ({"open_run"} if name not in sources else set())
+             for name in graph.order()}
+    return edges | {"open_run": sources, catalogue.PREVIOUS.name: {"open_run"}}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +92,7 @@ def test_tasks_pass_dataset_references_and_the_api_shows_the_data_flow(sample_ru
     inputs = {name_of[tr.id]: {name_of[i.id] for group in tr.task_inputs.values() for i in group
                                if getattr(i, "input_type", None) == "task_run"}
               for tr in runs}
-    assert inputs == UPSTREAM
+    assert inputs == expected_edges()
 
 
 def test_each_stage_logs_one_line_for_an_auditor(sample_run):
@@ -106,8 +100,7 @@ def test_each_stage_logs_one_line_for_an_auditor(sample_run):
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     manifest, _ = sample_run
-    stages = ("ingest", "clean", "features", "normalize", "select_k", "cluster", "stability", "profile", "migration",
-              "plots", "basket", "rfm", "propensity", "chaid")
+    stages = tuple(catalogue.BY_NAME)
     deadline = time.monotonic() + 30  # logs reach the API in batches, a little after the run
     while True:
         with get_client(sync_client=True) as client:
@@ -187,7 +180,7 @@ def test_cli_missing_input_is_one_paragraph_and_exit_2(prefect_server, tmp_path)
 
 @pytest.mark.parametrize("suffix", ["parquet", "csv", "xlsx"])
 def test_cli_generate_writes_a_readable_export(suffix, tmp_path):
-    from customer_segments.tasks.ingest import COLUMNS, read_invoices
+    from customer_segments.tasks.inputs.readers import COLUMNS, read_invoices
 
     out = tmp_path / f"export.{suffix}"
     result = run_cli("generate", "--out", str(out), "--customers", "40", "--months", "3", "--seed", "3")

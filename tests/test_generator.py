@@ -8,7 +8,7 @@ import pytest
 from pandas.testing import assert_frame_equal
 
 from customer_segments.data.generator import SAMPLE_PARAMS, SAMPLE_PATH, SEGMENTS, SyntheticData, generate
-from customer_segments.tasks.ingest import COLUMNS
+from customer_segments.tasks.inputs.readers import COLUMNS
 
 START = pd.Timestamp("2010-12-01")
 SERVICE_CODES = {"POST", "C2", "DOT", "M"}

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from test_quality import RUN, clean_frame, raw_frame
 
-from customer_segments.tasks.quality.docs import build_data_docs
-from customer_segments.tasks.quality.merge import merge_reports, merged_gate
-from customer_segments.tasks.quality.validation import validate
+from customer_segments.tasks.runtime.quality.docs import build_data_docs
+from customer_segments.tasks.runtime.quality.merge import merge_reports, merged_gate
+from customer_segments.tasks.runtime.quality.validation import validate
 
 # --- frames with planted problems ---------------------------------------------------------------
 

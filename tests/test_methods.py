@@ -11,18 +11,37 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from customer_segments.tasks.chaid import (
-    bin_edges, chaid_segments, chaid_table, customer_country, repurchase_table, rule_words,
-)
+from support import DEFAULTS
+
 from customer_segments.tasks.errors import InputError, ParameterError
-from customer_segments.tasks.propensity import (
-    decile_of, decile_table, gains_chart, propensity, propensity_facts, snapshot, snapshot_dates,
-)
-from customer_segments.tasks.rfm import (
+from customer_segments.tasks.methods import chaid
+from customer_segments.tasks.methods import propensity as model
+from customer_segments.tasks.methods.chaid import bin_edges, chaid_table, customer_country, rule_words
+from customer_segments.tasks.methods.propensity import decile_of, decile_table, gains_chart, snapshot, snapshot_dates
+from customer_segments.tasks.methods.rfm import (
     load_rfm_segments, rfm_heatmap, rfm_profile, rfm_scores, segment_grid,
 )
 
 CUTOFF = pd.Timestamp("2011-12-01")
+HORIZON = DEFAULTS.horizon  # the run's default, declared with the propensity stage
+
+
+def propensity(clean, cutoff, horizon=HORIZON):
+    return model.propensity(clean, cutoff, horizon)
+
+
+def propensity_facts(clean, scores, deciles, cutoff, horizon=HORIZON):
+    return model.propensity_facts(clean, scores, deciles, cutoff, horizon)
+
+
+def repurchase_table(clean, cutoff, horizon=HORIZON):
+    return chaid.repurchase_table(clean, cutoff, horizon)
+
+
+def chaid_segments(table, target, **given):
+    sizes = dict(max_depth=DEFAULTS.chaid_max_depth, min_parent_node_size=DEFAULTS.chaid_min_parent,
+                 min_child_node_size=DEFAULTS.chaid_min_child)
+    return chaid.chaid_segments(table, target, **{**sizes, **given})
 REAL_PARQUET = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail.parquet"
 COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"]
 
@@ -416,8 +435,8 @@ def real_clean() -> pd.DataFrame:
         if os.environ.get("CI"):
             pytest.fail(f"{REAL_PARQUET} is missing; CI always has ../shared/data beside the clone")
         pytest.skip(f"{REAL_PARQUET} is absent outside CI")
-    from customer_segments.tasks.clean import clean_invoices
-    from customer_segments.tasks.ingest import read_invoices
+    from customer_segments.tasks.segmentation.cleaning import clean_invoices
+    from customer_segments.tasks.inputs.readers import read_invoices
 
     return clean_invoices(read_invoices(REAL_PARQUET), "2011-12-01")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from support import SAMPLE, last_json, run_cli
 
-from customer_segments.tasks.manifest import Manifest
+from customer_segments.tasks.runtime.manifest import Manifest
 
 
 def test_methods_can_be_switched_off_and_their_outputs_are_then_absent(prefect_server, tmp_path):

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from support import OUTPUTS, REAL_PARQUET, SAMPLE, last_json, real, run_cli, snapshot
 
-from customer_segments.tasks.identity import assign_ids
-from customer_segments.tasks.ingest import read_invoices
-from customer_segments.tasks.migration import migration
-from customer_segments.tasks.stability import best_jaccard, reading, segment_stability
-from customer_segments.tasks.storage import sha256_file
+from customer_segments.tasks.segmentation.identity import assign_ids
+from customer_segments.tasks.inputs.readers import read_invoices
+from customer_segments.tasks.segmentation.migration import migration
+from customer_segments.tasks.segmentation.stability import best_jaccard, reading, segment_stability
+from customer_segments.tasks.runtime.storage import sha256_file
 
 
 def labels_of(groups: dict[int, list[str]], ids: dict[int, str] | None = None) -> pd.DataFrame:
@@ -272,3 +272,23 @@ def test_uci_backfill_march_to_december(prefect_server, window, tmp_path):
     assert len(set(ids)) == 1, ids  # the high-value segment keeps its id from March to December
     if window is None:
         assert months[-1]["customers"] == 4_298  # December with all history: the reference analysis
+
+
+def test_a_backfill_keeps_a_month_only_when_every_parameter_is_the_same(prefect_server, tmp_path):
+    """A month run earlier with --min-lift 3 is not what a default backfill asks for: it is run again."""
+    def backfill(*options: str) -> dict:
+        done = run_cli("backfill", "--input", str(SAMPLE), "--from", "2011-11", "--to", "2011-11",
+                       "--artifacts", str(tmp_path), "--json", "--no-rfm", "--no-propensity", "--no-chaid", *options)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[0])
+
+    lifted = backfill("--min-lift", "3")
+    default = backfill()
+    assert not default["reused"] and default["run_id"] != lifted["run_id"]
+    manifest = json.loads((Path(default["run_dir"]) / "manifest.json").read_text())
+    assert manifest["parameters"]["basket_min_lift"] == 1.0
+    rules = pd.read_parquet(Path(default["run_dir"]) / "basket_rules.parquet")
+    assert rules["lift"].min() < 3 <= pd.read_parquet(Path(lifted["run_dir"]) / "basket_rules.parquet")["lift"].min()
+    again = backfill()
+    assert again["reused"] and again["run_id"] == default["run_id"]
+    assert backfill("--min-lift", "3")["run_id"] == lifted["run_id"]

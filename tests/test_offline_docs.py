@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from customer_segments.tasks.quality import offline_docs
-from customer_segments.tasks.quality.docs import build_data_docs
-from customer_segments.tasks.quality.offline_docs import OfflineDocsError, make_offline
-from customer_segments.tasks.quality.validation import validate
+from customer_segments.tasks.runtime.quality import offline_docs
+from customer_segments.tasks.runtime.quality.docs import build_data_docs
+from customer_segments.tasks.runtime.quality.offline_docs import OfflineDocsError, make_offline
+from customer_segments.tasks.runtime.quality.validation import validate
 from support.frames import k_selection_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -360,7 +360,7 @@ def test_index_and_validation_page_render_offline(site, browser):
 
 def test_without_the_rewrite_the_index_table_stays_empty(tmp_path, browser, monkeypatch):
     """The check above can fail: GX's own pages, offline, try the CDNs and render no rows."""
-    from customer_segments.tasks.quality import docs
+    from customer_segments.tasks.runtime.quality import docs
 
     monkeypatch.setattr(docs, "make_offline", lambda site_dir: [])
     index = build_data_docs({"k_selection": validate(k_selection_frame(), "k_selection").report}, tmp_path / "docs")
@@ -389,7 +389,7 @@ def test_dark_mode_renders_offline(site, browser):
 
 def test_gate_build_docs_links_an_offline_site_into_the_run(tmp_path):
     """gate.build_docs caches the built site and copies it into validation/docs/: the copy works too."""
-    from customer_segments.tasks.quality import gate
+    from customer_segments.tasks.runtime.quality import gate
 
     validation_dir = tmp_path / "run" / "validation"
     validation_dir.mkdir(parents=True)

@@ -14,7 +14,7 @@ import pytest
 
 from support import BIN, REPO, assert_identical_outputs, last_json, run_cli, run_flow
 
-from customer_segments.tasks.storage import sha256_file
+from customer_segments.tasks.runtime.storage import sha256_file
 
 
 def task_states(flow_run_id: str) -> dict[str, str]:
@@ -85,6 +85,15 @@ def test_sigkill_mid_stage_then_resume_is_byte_identical(prefect_server, sample,
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "running" and manifest["stages"]["profile"]["status"] == "running"
     assert not (half_written[0].parent / "entry.json").exists()
+    # The manifest still says running, but nobody holds the run: history, report and resume say so.
+    listed = run_cli("history", "--artifacts", str(tmp_path))
+    assert listed.returncode == 0 and "interrupted" in listed.stdout and "running" not in listed.stdout
+    assert f"`segment resume {run_dir.name}` completes it" in listed.stdout
+    rows = [json.loads(line) for line in run_cli("history", "--artifacts", str(tmp_path), "--json").stdout.splitlines()]
+    assert [r["status"] for r in rows] == ["interrupted"]
+    shown = run_cli("report", run_dir.name, "--artifacts", str(tmp_path))
+    assert shown.returncode == 0 and "was interrupted" in shown.stderr
+    assert "interrupted" in (run_dir / "report.html").read_text(encoding="utf-8")
 
     resumed = run_cli("resume", run_dir.name, "--artifacts", str(tmp_path), "--json")
     assert resumed.returncode == 0, resumed.stderr
@@ -189,7 +198,46 @@ def test_a_really_full_disk_then_space_freed_then_resume(prefect_server, sample,
     assert summary["status"] == "failed" and summary["run_dir"]
     assert not list(small_tmpfs.rglob("*.tmp"))  # nothing half-written is left behind
 
+    listed = [json.loads(line) for line in
+              run_cli("history", "--artifacts", str(small_tmpfs), "--json").stdout.splitlines()]
+    assert [r["status"] for r in listed] in (["failed"], ["interrupted"])  # never "running" forever
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
     resumed = run_cli("resume", summary["run_id"], "--artifacts", str(small_tmpfs), "--json")
     assert resumed.returncode == 0, resumed.stderr
     assert_identical_outputs(Path(summary["run_dir"]), reference)
+
+
+def test_a_run_in_progress_holds_its_folder_and_a_second_resume_is_refused(prefect_server, sample, tmp_path):
+    """Liveness is derived from the folder's lock: held while the run's process works on it."""
+    from customer_segments.tasks.runtime import run_folders
+
+    env = {**os.environ, "SEGMENT_FAULT": "profile:hang"}
+    process = subprocess.Popen([str(BIN / "segment"), "run", "--input", str(sample), "--artifacts", str(tmp_path)],
+                               env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list((tmp_path / "cache" / "profile").glob("*/*.parquet")):
+            time.sleep(0.2)
+        run_dir = next(tmp_path.glob("*/*/manifest.json")).parent
+        assert run_folders.is_alive(run_dir)
+        rows = [json.loads(line) for line in run_cli("history", "--artifacts", str(tmp_path), "--json").stdout.splitlines()]
+        assert [r["status"] for r in rows] == ["running"]
+        refused = run_cli("resume", run_dir.name, "--artifacts", str(tmp_path))
+        assert refused.returncode == 2 and f"run {run_dir.name} is still running" in refused.stderr
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+    assert not run_folders.is_alive(run_dir)
+
+
+@pytest.mark.parametrize("command", [("report", "*"), ("resume", "../2011-12"), ("compare", "x", "y"),
+                                     ("report", "20991231T000000Z-00000000")])
+def test_run_ids_are_checked_and_errors_name_the_command(command, tmp_path):
+    done = run_cli(*command, "--artifacts", str(tmp_path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"Error: segment {command[0]}: ")
+    if command[1] == "20991231T000000Z-00000000":
+        assert "no run 20991231T000000Z-00000000 under" in done.stderr
+    else:
+        assert "is not a run id" in done.stderr and "segment history" in done.stderr

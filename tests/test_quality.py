@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from customer_segments.tasks.quality import validation
-from customer_segments.tasks.quality.docs import build_data_docs
-from customer_segments.tasks.quality.findings import Finding
-from customer_segments.tasks.quality.suites import SuiteError, suites_dir
-from customer_segments.tasks.quality.validation import required_parameters, validate
+from customer_segments.tasks.runtime.quality import validation
+from customer_segments.tasks.runtime.quality.docs import build_data_docs
+from customer_segments.tasks.runtime.quality.findings import Finding
+from customer_segments.tasks.runtime.quality.suites import SuiteError, suites_dir
+from customer_segments.tasks.runtime.quality.validation import required_parameters, validate
 from support.frames import k_selection_frame
 
 EXPECTATIONS_DIR = suites_dir()
@@ -497,7 +497,7 @@ def test_data_docs_name_every_dataset_and_nothing_is_written_elsewhere(tmp_path,
 
 def test_fresh_process_imports_gx_lazily_and_writes_nothing(tmp_path):
     code = (
-        "import sys, pandas as pd, customer_segments.tasks.quality.validation as q\n"
+        "import sys, pandas as pd, customer_segments.tasks.runtime.quality.validation as q\n"
         "print('great_expectations' in sys.modules)\n"
         "gate = q.validate(pd.DataFrame({'k': [2, 3], 'sse': [2.0, 1.0], 'silhouette': [0.1, 0.2],"
         " 'chosen': [False, True]}), 'k_selection')\n"

@@ -9,7 +9,7 @@ import pytest
 
 from support import run_flow
 
-from customer_segments.tasks.manifest import Manifest
+from customer_segments.tasks.runtime.manifest import Manifest
 
 pytestmark = pytest.mark.real_data
 

@@ -22,7 +22,7 @@ from support import BIN, REAL_PARQUET, REPO, SAMPLE, real
 from customer_segments.flows.report import (
     REPORT_FILE, build_report, fmt_money, fmt_pct, render_report, report_context,
 )
-from customer_segments.tasks.manifest import InputInfo, Manifest, StageRecord
+from customer_segments.tasks.runtime.manifest import InputInfo, Manifest, StageRecord
 
 SEGMENT = BIN / "segment"
 SCREENSHOTS = REPO / "artifacts" / "test-screenshots"

@@ -10,21 +10,22 @@ import pandas as pd
 import pytest
 from support import SAMPLE
 
-from customer_segments.tasks import code_version
+from customer_segments.tasks.runtime import code_version
 from customer_segments.tasks.errors import DiskFullError, InputError, ParameterError
-from customer_segments.tasks.ingest import read_invoices
-from customer_segments.tasks.manifest import RunContext
-from customer_segments.tasks.runner import QualityError, cache_key, run_stage
-from customer_segments.tasks.stages import CLUSTER, INGEST, NORMALIZE, STAGES
+from customer_segments.tasks.inputs.readers import read_invoices
+from customer_segments.tasks.runtime.manifest import RunContext
+from customer_segments.tasks.runtime.stage_runner import QualityError, cache_key, run_stage
+from customer_segments.tasks.catalogue import CLUSTER, INGEST, NORMALIZE, STAGES
 
-PACKAGE = "customer_segments.tasks"
+PACKAGE = "customer_segments.tasks.segmentation"
 
 
 def test_code_version_follows_imported_constants_transitively():
     # normalize uses FEATURES from features; cluster uses it through select_k and features too.
     assert f"{PACKAGE}.features" in code_version.module_closure(f"{PACKAGE}.normalize")
     closure = code_version.module_closure(f"{PACKAGE}.cluster")
-    assert {f"{PACKAGE}.features", f"{PACKAGE}.select_k", f"{PACKAGE}.defaults", f"{PACKAGE}.errors"} <= closure
+    assert {f"{PACKAGE}.features", f"{PACKAGE}.select_k", f"{PACKAGE}.identity",
+            "customer_segments.tasks.errors"} <= closure
     assert f"{PACKAGE}.profile" not in closure
 
 
@@ -50,8 +51,8 @@ def test_library_versions_are_part_of_the_key(monkeypatch):
 
 def test_an_edited_quality_suite_changes_the_key(tmp_path, monkeypatch):
     context = RunContext(artifacts=str(tmp_path), run_id="r", started_at="2026-01-01T00:00:00+00:00", params={})
-    from customer_segments.tasks.manifest import DatasetRef
-    from customer_segments.tasks.quality.suites import suites_dir
+    from customer_segments.tasks.runtime.manifest import DatasetRef
+    from customer_segments.tasks.runtime.quality.suites import suites_dir
 
     inputs = {"customer_features": DatasetRef(name="customer_features", file="x", path="x", sha256="0" * 64)}
     before = cache_key(NORMALIZE, context, inputs)
@@ -69,10 +70,10 @@ def test_every_stage_keys_on_the_code_of_both_engines_where_it_has_two():
     for stage in STAGES:
         assert len(stage.code_version) == 16
         assert stage.transform.__module__ in code_version.module_closure(stage.transform.__module__)
-        if stage.dask_transform is not None:
-            assert stage.dask_transform.__module__ == f"{PACKAGE}.dask_engine"
-    # A change to the dask engine changes the key of the stages it implements, not the others'.
-    assert f"{PACKAGE}.dask_engine" not in code_version.module_closure(f"{PACKAGE}.select_k")
+        if stage.dask_transform is not None:  # each dask twin lives beside its pandas twin
+            assert stage.dask_transform.__module__ == stage.transform.__module__
+    # A change to a dask twin changes the key of the stages of its module, not the others'.
+    assert f"{PACKAGE}.cleaning" not in code_version.module_closure(f"{PACKAGE}.select_k")
 
 
 def test_parquet_saved_with_its_index_is_read_by_position(tmp_path):
@@ -117,7 +118,7 @@ def test_the_runner_needs_no_prefect(tmp_path):
 
 def test_a_long_dataset_is_validated_in_slices_with_the_same_verdict(tmp_path, monkeypatch):
     """Beyond SLICE_ROWS a file is validated a few row groups at a time and the results merged."""
-    from customer_segments.tasks.quality import gate
+    from customer_segments.tasks.runtime.quality import gate
 
     raw = read_invoices(SAMPLE)
     raw.loc[raw.index[::7], "UnitPrice"] = -1.0  # a critical failure spread over every slice

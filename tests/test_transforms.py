@@ -5,18 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from support import SAMPLE
+from support import DEFAULTS, SAMPLE
 
-from customer_segments.tasks.clean import clean_invoices, rows_dropped
-from customer_segments.tasks.cluster import cluster_labels, segment_names
+from customer_segments.tasks.segmentation.cleaning import clean_invoices, rows_dropped
+from customer_segments.tasks.segmentation.cluster import cluster_labels, segment_names
 from customer_segments.tasks.errors import InputError, ParameterError
-from customer_segments.tasks.features import customer_features
-from customer_segments.tasks.ingest import normalize_invoices
-from customer_segments.tasks.normalize import normalize_features
-from customer_segments.tasks.profile import segment_profiles, top_products
-from customer_segments.tasks.select_k import k_selection
+from customer_segments.tasks.segmentation.features import customer_features
+from customer_segments.tasks.inputs.readers import normalize_invoices
+from customer_segments.tasks.segmentation.normalize import normalize_features
+from customer_segments.tasks.segmentation.profile import segment_profiles, top_products
+from customer_segments.tasks.segmentation import select_k
 
 CUTOFF = "2011-12-01"
+
+
+def k_selection(normalized, **given):
+    """select_k's transform with the run's default k range unless given."""
+    return select_k.k_selection(normalized, **{"k_min": DEFAULTS.k_min, "k_max": DEFAULTS.k_max, "k": None, **given})
 
 
 def invoices(rows):
@@ -207,7 +212,7 @@ def test_profiles_and_top_products():
 
 def test_best_sellers_match_a_plain_groupby_whatever_the_line_order():
     """The counting shortcuts (integer codes, bincount, a sort for distinct orders) give the plain answer."""
-    from customer_segments.tasks.ingest import read_invoices
+    from customer_segments.tasks.inputs.readers import read_invoices
 
     clean = clean_invoices(read_invoices(SAMPLE), pd.Timestamp("2011-12-01"))
     clean = pd.concat([clean, clean.iloc[::50]], ignore_index=True)  # an item twice on an invoice: one order
@@ -226,7 +231,7 @@ def test_best_sellers_match_a_plain_groupby_whatever_the_line_order():
 
 
 def test_silhouette_on_a_fixed_sample_when_customers_are_many(monkeypatch):
-    import customer_segments.tasks.select_k as select_k
+    import customer_segments.tasks.segmentation.select_k as select_k
 
     full = k_selection(blobs(), k_min=3, k_max=6)
     monkeypatch.setattr(select_k, "SILHOUETTE_SAMPLE", 100)  # 240 customers: sampled

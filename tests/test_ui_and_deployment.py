@@ -149,7 +149,7 @@ def test_deploy_registers_the_deployment_on_a_process_pool_and_a_worker_runs_it(
     """`segment deploy` registers the installed flow by module path; a worker elsewhere runs it."""
     from prefect.states import Scheduled
 
-    from customer_segments.flows import defaults
+    from customer_segments.flows import settings
 
     landing = tmp_path / "incoming"
     landing.mkdir()
@@ -161,12 +161,12 @@ def test_deploy_registers_the_deployment_on_a_process_pool_and_a_worker_runs_it(
                        cwd=tmp_path)
     assert deployed.returncode == 0, deployed.stderr + deployed.stdout
     with client() as c:
-        deployment = c.read_deployment_by_name(f"{defaults.FLOW_NAME}/{defaults.DEPLOYMENT_NAME}")
+        deployment = c.read_deployment_by_name(f"{settings.FLOW_NAME}/{settings.DEPLOYMENT_NAME}")
     assert deployment.work_pool_name == "segmentation"
     assert deployment.entrypoint == "customer_segments.flows.pipeline.segmentation"  # a module path
-    assert deployment.schedules[0].schedule.cron == defaults.CRON
+    assert deployment.schedules[0].schedule.cron == settings.CRON
     assert deployment.parameters == {"input_path": str(landing), "artifacts": str(tmp_path / "artifacts"),
-                                     "as_of": defaults.SCHEDULED}
+                                     "as_of": settings.SCHEDULED}
 
     elsewhere = tmp_path / "worker"
     elsewhere.mkdir()

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from customer_segments.tasks.manifest import Manifest
-from customer_segments.tasks.storage import sha256_file
+from customer_segments.tasks import catalogue
+from customer_segments.tasks.runtime import parameters
+from customer_segments.tasks.runtime.manifest import Manifest
+from customer_segments.tasks.runtime.storage import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -29,14 +31,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
 
-PARQUETS = ("clean_invoices", "customer_features", "normalized_features", "k_selection",
-            "cluster_labels", "segment_lineage", "segment_stability", "segment_profiles", "top_products",
-            "segment_migration", "movers", "basket_rules", "recommendations", "rfm_scores", "rfm_profile",
-            "propensity_scores", "propensity_deciles", "propensity_coefficients", "chaid_segments",
-            "chaid_assignment")
-PLOTS = ("elbow", "silhouette", "ordercount_vs_totalsales", "ordercount_vs_avgordervalue",
-         "totalsales_vs_avgordervalue", "basket_top_rules", "rfm_heatmap", "propensity_gains")
+# What a default run writes into its folder, from the catalogue: every dataset of every stage (the
+# parsed input stays in the cache), and every figure but the migration heatmap (a series' first
+# month has no migration to draw).
+PARQUETS = tuple(d for s in catalogue.STAGES if not s.shared for d in s.outputs)
+PLOTS = tuple(f.stem for f in catalogue.FIGURES if f.stem != "segment_migration")
 OUTPUTS = (*(f"{d}.parquet" for d in PARQUETS), *(f"plots/{p}.png" for p in PLOTS))
+# The run parameters' declared defaults.
+DEFAULTS = parameters.defaults()
 
 
 def real(path: Path) -> Path:

@@ -1,0 +1,24 @@
+"""How the pipeline is run and scheduled: flow and deployment names, the schedule, the local dask
+cluster. The run's own parameters (input, k range, the methods' settings, ...) are declared in the
+stage catalogue (tasks/catalogue.py), not here.
+
+Free of heavy imports: the command line reads these before Prefect is loaded.
+"""
+
+FLOW_NAME = "customer-segmentation"
+BACKFILL_FLOW_NAME = "customer-segmentation-backfill"
+
+# Without --dask-address the dask engine starts a LocalCluster of DASK_WORKERS processes. Each
+# spills to disk past part of DASK_WORKER_MEMORY and pauses near it, so that inputs larger than
+# memory stream through (two workers: 8 GiB in all, beside the flow's own process).
+DASK_WORKERS = 2
+DASK_WORKER_MEMORY = "4GiB"
+
+# The monthly deployment: `segment serve` and `segment deploy` register it under this name.
+DEPLOYMENT_NAME = "monthly-segmentation"
+DEPLOYMENT_DESCRIPTION = "Monthly customer re-segmentation of the landing folder's invoice exports."
+DEPLOYMENT_TAGS = ("segmentation", "monthly")
+CRON = "0 6 1 * *"  # 06:00 on the first day of every month
+TIMEZONE = "UTC"
+# The as-of value a scheduled run passes: the month of the run's scheduled start.
+SCHEDULED = "scheduled"

@@ -1,0 +1,197 @@
+"""The stage catalogue: every stage of the pipeline, declared once, and every run parameter.
+
+One entry per stage says which datasets it reads and writes, its pure transform (and its dask
+twin), its parameters (type, default, bounds or choices, help), whether a user can switch it
+off, where it runs, its figures and its report section. Everything else is derived from here:
+
+- the flow walks the stages in the order their datasets allow (flows/pipeline.py), starting each
+  one as soon as its inputs exist;
+- the run-parameters model, the flow's parameters and the options of `segment run`, `backfill`,
+  `serve` and `deploy` (tasks/runtime/parameters.py, flows/options.py);
+- the manifest's parameters, each stage's cache key and the backfill's reuse check;
+- the report's sections and figures, and the lists the tests check against.
+
+Stage names are used as they are in the manifest, the Prefect task names and on the command
+line; dataset names are the file names in the run folder and the names of their quality suites
+(expectations/<dataset>.json). Stages are listed in the order a reader meets their results (the
+report's order); the flow runs them in the order their inputs allow.
+
+Adding a stage: its transform (tasks/), its quality suite per output (expectations/), one entry
+here, and a report section if people read it (flows/report/ and flows/templates/).
+"""
+
+from __future__ import annotations
+
+from customer_segments.tasks.inputs import readers
+from customer_segments.tasks.methods import basket, chaid, products, propensity, rfm
+from customer_segments.tasks.runtime.stage import FigureSpec, Param, PreviousMonth, Stage
+from customer_segments.tasks.segmentation import (
+    cleaning, cluster, features, migration, normalize, plots, profile, select_k, stability,
+)
+
+# --- parameters of the run as a whole ------------------------------------------------------------
+
+AS_OF = Param("as_of", str | None, None,
+              "Month to segment up to (YYYY-MM); invoices before its first day are used. "
+              "Default: the newest invoice's month.", metavar="YYYY-MM")
+ARTIFACTS = Param("artifacts", str, "artifacts", "Folder holding the run folders.", changes_results=False,
+                  metavar="DIR")
+ENGINE = Param("engine", str, "pandas",
+               "Where the line-level stages run: pandas (this machine) or dask (a dask.distributed cluster).",
+               choices=("pandas", "dask"))
+RUN_PARAMS = (AS_OF, ARTIFACTS, ENGINE)
+
+# Facts of a run the runtime provides (not set by users); stages name those they read in `uses`.
+RUN_FACTS = {
+    "input_sha256": "the sha256 of the input (of a folder's list of files and their hashes)",
+    "cutoff": "the first day of the as-of month: invoices before it are used",
+    "service_codes": "the editable list of non-product codes (data/reference/service_codes.csv)",
+    "rfm_segments": "the editable RFM segment table (data/reference/rfm_segments.csv)",
+}
+# The editable reference tables, read once per run and handed to the stages as run facts: editing
+# one recomputes the stages that use it, and nothing else.
+REFERENCE_TABLES = {"service_codes": products.load_service_codes, "rfm_segments": rfm.load_rfm_segments}
+
+# What a run takes from last month's run of its series (none in a series' first month).
+PREVIOUS = PreviousMonth("previous_run", {"previous_labels": ("cluster", "cluster_labels"),
+                                          "previous_lineage": ("cluster", "segment_lineage")})
+
+# --- the stages ----------------------------------------------------------------------------------
+
+INGEST = Stage(
+    "ingest", readers.read_invoices, outputs=("raw_invoices",),
+    params=(
+        Param("input_path", str, "data/incoming",
+              "Invoice export: .xlsx, .csv, .parquet or a folder of them.", option="--input", key_as="input_sha256",
+              metavar="PATH"),
+        Param("encoding", str | None, None,
+              "Text encoding of CSV input, e.g. cp1252 (default UTF-8, with or without BOM)."),
+        Param("date_format", str | None, None,
+              "strftime format of CSV dates when they are ambiguous, e.g. '%d/%m/%Y %H:%M'."),
+    ),
+    metrics=readers.ingest_metrics, shared=True, retries=2,
+    dask_transform=readers.read_invoices_dask, dask_metrics=readers.ingest_metrics_dask,
+)
+CLEAN = Stage(
+    "clean", cleaning.clean_invoices, inputs=("raw_invoices",), outputs=("clean_invoices",),
+    params=(Param("window", int | None, None,
+                  "Trailing window: features from the invoices of the N months before the cutoff. "
+                  "Default: all history before the cutoff.", ge=1, series=True, metavar="N"),),
+    uses=("cutoff",), metrics=cleaning.clean_metrics,
+    dask_transform=cleaning.clean_invoices_dask, dask_metrics=cleaning.clean_metrics_dask,
+)
+FEATURES = Stage(
+    "features", features.customer_features, inputs=("clean_invoices",), outputs=("customer_features",),
+    metrics=features.feature_metrics, dask_transform=features.customer_features_dask,
+)
+NORMALIZE = Stage(
+    "normalize", normalize.normalize_features, inputs=("customer_features",), outputs=("normalized_features",),
+)
+# previous_labels and previous_lineage are last month's cluster_labels and segment_lineage.
+CLUSTER = Stage(
+    "cluster", cluster.cluster_labels,
+    inputs=("customer_features", "normalized_features", "k_selection", "previous_labels", "previous_lineage"),
+    optional=("previous_labels", "previous_lineage"), outputs=("cluster_labels", "segment_lineage"),
+    metrics=cluster.cluster_metrics, report="segments",
+)
+SELECT_K = Stage(
+    "select_k", select_k.k_selection, inputs=("normalized_features",), outputs=("k_selection",),
+    params=(
+        Param("k_min", int, 4, "Smallest k scored by silhouette.", ge=2, series=True),
+        Param("k_max", int, 8, "Largest k scored by silhouette.", ge="k_min", series=True),
+        Param("k", int | None, None, "Number of segments; default: best silhouette.", ge=2, series=True),
+    ),
+    metrics=select_k.k_metrics, report="choosing_k",
+)
+STABILITY = Stage(
+    "stability", stability.segment_stability, inputs=("normalized_features", "cluster_labels", "k_selection"),
+    outputs=("segment_stability",), metrics=stability.stability_metrics,
+)
+PROFILE = Stage(
+    "profile", profile.profile, inputs=("cluster_labels", "clean_invoices", "segment_lineage", "segment_stability"),
+    outputs=("segment_profiles", "top_products"), uses=("service_codes",), metrics=profile.profile_metrics,
+    report="best_sellers", dask_transform=profile.profile_dask, dask_metrics=profile.profile_metrics_dask,
+)
+
+# The article's other methods; each can be switched off, and each draws its own chart.
+BASKET = Stage(
+    "basket", basket.basket_stage, inputs=("clean_invoices", "cluster_labels"),
+    outputs=("basket_rules", "recommendations"),
+    params=(
+        Param("basket_min_support", float, 0.01, "Smallest share of baskets an itemset must be in.",
+              option="--min-support", ge=0.0, le=1.0),
+        Param("basket_min_baskets", int, 10, "Smallest number of baskets an itemset must be in.",
+              option="--min-baskets", ge=1),
+        Param("basket_min_lift", float, 1.0, "Smallest lift of a rule.", option="--min-lift", ge=0.0),
+        Param("basket_max_len", int, 3, "Most items in a rule (antecedents and consequent).", option="--max-len",
+              ge=2),
+    ),
+    uses=("service_codes",), metrics=basket.basket_metrics,
+    figures=(FigureSpec("basket_top_rules", "Horizontal bar chart of the strongest product rules by lift, per segment",
+                        "The strongest rules per segment, by lift"),),
+    switch="Skip market basket rules and recommendations.", label="Basket rules and recommendations",
+    runs_in="worker", report="basket",
+)
+RFM = Stage(
+    "rfm", rfm.rfm_stage, inputs=("clean_invoices", "cluster_labels"), outputs=("rfm_scores", "rfm_profile"),
+    uses=("cutoff", "rfm_segments"), metrics=rfm.rfm_metrics,
+    figures=(FigureSpec("rfm_heatmap", "Heat map of customers by recency score (rows) and frequency score (columns), "
+                                       "coloured by mean sales",
+                        "Recency × frequency grid, coloured by mean sales per customer"),),
+    switch="Skip RFM scores and segments.", label="RFM", report="rfm",
+)
+PROPENSITY = Stage(
+    "propensity", propensity.propensity_stage, inputs=("clean_invoices",),
+    outputs=("propensity_scores", "propensity_deciles", "propensity_coefficients"),
+    params=(Param("horizon", int, 3, "Months ahead the propensity model (and CHAID's repurchase target) looks.",
+                  ge=1),),
+    uses=("cutoff",), metrics=propensity.propensity_metrics,
+    figures=(FigureSpec("propensity_gains", "Cumulative gains curve and lift per decile of the repurchase model",
+                        "Gains and lift of the repurchase model on the holdout"),),
+    switch="Skip the repurchase propensity model.", label="Repurchase propensity", runs_in="worker",
+    report="propensity",
+)
+CHAID = Stage(
+    "chaid", chaid.chaid_stage, inputs=("clean_invoices", "cluster_labels"), outputs=("chaid_segments", "chaid_assignment"),
+    params=(
+        Param("chaid_target", str, "repurchase",
+              "What CHAID explains: repurchase (within --horizon) or segment (membership of the high-value segment).",
+              choices=chaid.TARGETS),
+        Param("chaid_max_depth", int, 3, "CHAID tree depth.", ge=1),
+        Param("chaid_min_parent", int, 100, "Smallest node CHAID splits.", ge=2),
+        Param("chaid_min_child", int, 50, "Smallest node a CHAID split may make.", ge=1),
+    ),
+    uses=("cutoff", "horizon"), metrics=chaid.chaid_metrics,
+    switch="Skip the CHAID tree.", label="CHAID", report="propensity",
+)
+MIGRATION = Stage(
+    "migration", migration.migration, inputs=("cluster_labels", "previous_labels"), optional=("previous_labels",),
+    outputs=("segment_migration", "movers"), metrics=migration.migration_metrics, report="migration",
+)
+PLOTS = Stage(
+    "plots", plots.segment_plots, inputs=("k_selection", "cluster_labels", "segment_migration"),
+    figures=(
+        FigureSpec("ordercount_vs_totalsales", "Scatter plot of customers by order count (x) and total sales (y), "
+                                               "coloured by segment", "Order count against total sales"),
+        FigureSpec("ordercount_vs_avgordervalue", "Scatter plot of customers by order count (x) and average order "
+                                                  "value (y), coloured by segment",
+                   "Order count against average order value"),
+        FigureSpec("totalsales_vs_avgordervalue", "Scatter plot of customers by total sales (x) and average order "
+                                                  "value (y), coloured by segment",
+                   "Total sales against average order value"),
+        FigureSpec("elbow", "Line chart of the sum of squared errors for each number of segments, with the elbow "
+                            "marked", "Elbow: how much tighter the segments get with each extra segment"),
+        FigureSpec("silhouette", "Bar chart of the silhouette score for each candidate number of segments",
+                   "Silhouette: how well separated the segments are (higher is better)"),
+        FigureSpec("segment_migration", "Heat map of customers from last month's segments (rows) to this month's "
+                                        "(columns)", "Where last month's customers are now"),
+    ),
+)
+
+STAGES = (INGEST, CLEAN, FEATURES, NORMALIZE, CLUSTER, SELECT_K, STABILITY, PROFILE, PLOTS,
+          BASKET, RFM, PROPENSITY, CHAID, MIGRATION)
+BY_NAME = {stage.name: stage for stage in STAGES}
+SWITCHABLE = tuple(stage.name for stage in STAGES if stage.switchable)
+# The run's parameters: the input first, then the run's own, then each stage's.
+PARAMS = INGEST.params[:1] + RUN_PARAMS + tuple(param for stage in STAGES for param in stage.params)[1:]
+FIGURES = tuple(figure for stage in STAGES for figure in stage.figures)

@@ -1,0 +1,333 @@
+"""The stage runner: everything a stage needs besides its pure transform, done the same way for all.
+
+For one stage it: finds its input datasets among the upstream stages' results, derives the cache
+key (inputs' hashes, parameters, code and library versions, quality suites), reuses a complete
+cached output whose bytes still hash right, or else reads the inputs, calls the transform, writes
+each output atomically into the content-addressed cache, validates it with its quality suite,
+and links the files into the run folder. It returns a small `StageResult`; the flow records it
+in the run's manifest.
+
+No Prefect here: flows/ wraps `run_stage` in a task; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from customer_segments.tasks.errors import PipelineError, disk_full
+from customer_segments.tasks.runtime import code_version, storage
+from customer_segments.tasks.runtime.manifest import DatasetRef, RunContext, StageRecord, StageResult
+from customer_segments.tasks.runtime.quality import gate
+from customer_segments.tasks.runtime.stage import Stage
+
+FAULT_SWITCH = "SEGMENT_FAULT"
+# With a hang: a file the hanging process writes its pid to; when it exists, the stage does not
+# hang again (a retry on another worker after the first one was killed completes).
+FAULT_MARKER = "SEGMENT_FAULT_MARKER"
+ENTRY = "entry.json"
+
+
+class QualityError(PipelineError):
+    """A critical expectation failed on a stage's output."""
+
+    def __init__(self, stage: str, dataset: str, message: str, report_path: Path | None,
+                 record: StageRecord | None = None):
+        self.stage, self.dataset, self.report_path, self.record = stage, dataset, report_path, record
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.stage, self.dataset, str(self), self.report_path, self.record))
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by the fault-injection switch, to exercise failure and resume."""
+
+
+def key_values(stage: Stage, context: RunContext) -> dict[str, Any]:
+    """The parameters and run facts a stage's result depends on, as its cache key holds them.
+
+    A parameter with `key_as` enters as that fact (the input's sha256, not its path); a stage
+    with a dask twin keys on the engine too, since the two write their outputs differently (a
+    file, or a folder of parts).
+    """
+    from customer_segments.tasks.runtime.parameters import declared
+
+    values = {}
+    for name in stage.param_names:
+        param = declared().get(name)
+        key = param.key_as if param is not None and param.key_as else name
+        values[key] = context.params.get(key)
+    if stage.dask_transform is not None:
+        values["engine"] = context.params.get("engine")
+    return values
+
+
+def cache_key(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef]) -> str:
+    payload = {
+        "stage": stage.name,
+        "code": stage.code_version,
+        "suites": {d: code_version.suite_digest(d) for d in stage.outputs},
+        "params": key_values(stage, context),
+        "inputs": {d: inputs[d].sha256 if d in inputs else None for d in stage.inputs},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_stage(stage: Stage, context: RunContext, upstream: Sequence[StageResult] = ()) -> StageResult:
+    """Produce (or reuse) the stage's outputs and return its result (small, picklable)."""
+    started = time.perf_counter()
+    inputs = _input_refs(stage, upstream)
+    upstream_metrics = {k: v for result in upstream for k, v in result.facts.items()}
+    key = cache_key(stage, context, inputs)
+    entry_dir = context.cache_dir / stage.name / key
+    try:
+        entry = None if stage.name in context.refresh else _verified_entry(entry_dir)
+        status = "cached"
+        if entry is None:
+            entry = _compute(stage, context, inputs, {**context.facts(), **upstream_metrics}, entry_dir, key)
+            status = "completed"
+        outputs = {name: _place(stage, context, entry_dir, name, info) for name, info in entry["outputs"].items()}
+    except OSError as exc:
+        folder = Path(exc.filename).parent if exc.filename and os.path.isabs(exc.filename) else entry_dir
+        raise disk_full(exc, stage.name, folder, context.run_id, resumable=context.run_dir is not None) from None
+    record = StageRecord(
+        status=status, cache_key=key, outputs=outputs, metrics=entry.get("metrics", {}),
+        gates=entry.get("gates", {}), seconds=round(time.perf_counter() - started, 3),
+    )
+    return StageResult(stage=stage.name, record=record, facts={**upstream_metrics, **record.metrics})
+
+
+def _input_refs(stage: Stage, upstream: Sequence[StageResult]) -> dict[str, DatasetRef]:
+    available = {name: ref for result in upstream for name, ref in result.record.outputs.items()}
+    missing = [d for d in stage.inputs if d not in available and d not in stage.optional]
+    if missing:
+        raise ValueError(f"stage {stage.name} needs {', '.join(missing)}, which no upstream stage produced")
+    return {d: available[d] for d in stage.inputs if d in available}
+
+
+def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef], facts: dict[str, Any],
+             entry_dir: Path, key: str) -> dict[str, Any]:
+    _injected_fault(stage.name, "fail")
+    on_dask = context.params.get("engine") == "dask" and stage.dask_transform is not None
+    with (dask_client() if on_dask else nullcontext()):
+        frames = {d: (load_dask_frame if on_dask and inputs[d].is_partitioned else load_frame)(inputs[d], context.artifacts_dir)
+                  if d in inputs else None for d in stage.inputs}
+        params = {p: context.params.get(p) for p in stage.param_names}
+        result = (stage.dask_transform if on_dask else stage.transform)(*frames.values(), **params)
+
+        # A figure stage returns its tables (if any) and then a dict of figures by file stem.
+        parts = result if isinstance(result, tuple) else (result,)
+        figures = parts[-1] if stage.figures else {}
+        tables = parts[:-1] if stage.figures else parts
+        produced = dict(zip(stage.outputs, tables, strict=True))
+        files = {f"plots/{stem}.png": _png_bytes(fig) for stem, fig in sorted(figures.items())}
+        measure = stage.dask_metrics if on_dask and stage.dask_metrics else stage.metrics
+        metrics = _plain(measure({**frames, **produced}, params)) if measure else {}
+        facts = {**facts, **metrics}  # a stage's own facts (the customer count) are visible to its gates
+        _injected_fault(stage.name, "disk-full")
+
+        outputs: dict[str, dict[str, Any]] = {}
+        gates: dict[str, dict[str, Any]] = {}
+        for dataset, frame in produced.items():
+            info, outcome = _write_table(stage, dataset, frame, entry_dir, facts)
+            if not outcome.passed:
+                _reject(stage, context, dataset, entry_dir / info["file"], outcome, metrics, key)
+            gates[dataset] = outcome.summary
+            files[f"validation/{dataset}.json"] = outcome.report
+            outputs[dataset] = info
+    for relname, data in files.items():
+        storage.write_bytes_atomic(entry_dir / relname, data)
+        outputs[relname] = {"file": relname, "sha256": storage.sha256_bytes(data), "rows": None, "columns": None}
+    entry = {"stage": stage.name, "outputs": outputs, "metrics": metrics, "gates": gates}
+    # The entry file is written last: its presence is what marks the outputs complete.
+    storage.write_json(entry_dir / ENTRY, entry)
+    return entry
+
+
+def _write_table(stage: Stage, dataset: str, frame, entry_dir: Path, facts: dict[str, Any]):
+    """Write one output (a file, or a folder of parts for a dask DataFrame) and validate it."""
+    if storage.is_dask(frame):
+        folder = entry_dir / dataset
+        parts = storage.write_partitioned(frame, folder)
+        _injected_fault(stage.name, "hang")
+        outcome = gate.check_parts(dataset, [folder / p["file"] for p in parts], facts)
+        info = {"file": dataset, "sha256": storage.parts_sha256(parts), "rows": sum(p["rows"] for p in parts),
+                "columns": [str(c) for c in frame.columns], "parts": parts}
+        return info, outcome
+    relname = f"{dataset}.parquet"
+    path = entry_dir / relname
+    data = storage.parquet_bytes(frame)
+    storage.write_bytes_atomic(path, data)
+    _injected_fault(stage.name, "hang")
+    outcome = gate.check(dataset, path, facts, frame=frame)
+    sha = storage.sha256_bytes(data)
+    remember_frame(sha, frame)
+    return {"file": relname, "sha256": sha, "rows": len(frame), "columns": [str(c) for c in frame.columns]}, outcome
+
+
+def _reject(stage: Stage, context: RunContext, dataset: str, path: Path, outcome: gate.GateOutcome,
+            metrics: dict[str, Any], key: str) -> None:
+    """A critical expectation failed: keep the output for inspection, never as complete."""
+    where = context.folder or context.cache_dir / "failed" / context.run_id
+    report_path = where / "validation" / f"{dataset}.json"
+    storage.write_bytes_atomic(report_path, outcome.report)
+    failed = where / "failed" / path.name
+    failed.parent.mkdir(parents=True, exist_ok=True)
+    if failed.is_dir():
+        shutil.rmtree(failed)
+    os.replace(path, failed)
+    message = (
+        f"Stage {stage.name} stopped on input {context.params.get('input_path')}: {outcome.message}. "
+        f"Full report: {report_path}. The rejected output is kept in {failed.parent} for inspection and "
+        "was not marked complete; earlier runs are untouched."
+    )
+    record = StageRecord(status="failed", cache_key=key, metrics=metrics, gates={dataset: outcome.summary},
+                         error=message)
+    raise QualityError(stage.name, dataset, message, report_path, record)
+
+
+def _injected_fault(stage: str, kind: str) -> None:
+    """SEGMENT_FAULT=<stage>:<kind> rehearses a failure in that stage.
+
+    fail: the stage raises; hang: it stops after its first output file is written (for a kill;
+    once only with SEGMENT_FAULT_MARKER); disk-full: writing its outputs fails as on a full disk.
+    Operators use it to rehearse a failed run's retry and resume; the tests use it too.
+    """
+    if os.environ.get(FAULT_SWITCH, "") != f"{stage}:{kind}":
+        return
+    if kind == "fail":
+        raise InjectedFault(f"stage {stage} failed on purpose ({FAULT_SWITCH}={stage}:fail)")
+    if kind == "disk-full":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"({FAULT_SWITCH}={stage}:disk-full)")
+    marker = os.environ.get(FAULT_MARKER)
+    if marker:  # hang once: the process that hangs leaves its pid in the marker, a retry goes on
+        if Path(marker).exists():
+            return
+        Path(marker).write_text(str(os.getpid()))
+    while True:  # until killed: the stage's first output file is written, the entry is not
+        time.sleep(1)
+
+
+def _verified_entry(entry_dir: Path) -> dict[str, Any] | None:
+    """A cache entry whose files all exist and still hash to what was recorded, else None."""
+    try:
+        entry = storage.read_json(entry_dir / ENTRY)
+        for info in entry["outputs"].values():
+            files = [(f"{info['file']}/{p['file']}", p["sha256"]) for p in info["parts"]] if info.get("parts") \
+                else [(info["file"], info["sha256"])]
+            if any(storage.sha256_file(entry_dir / name) != sha for name, sha in files):
+                return None
+        return entry
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _place(stage: Stage, context: RunContext, entry_dir: Path, name: str, info: dict[str, Any]) -> DatasetRef:
+    """The output's reference; links it into the run folder when there is one.
+
+    Shared tables (the parsed input) stay in the cache; their reports are linked into the run
+    folder once it exists (see `link_into_run`).
+    """
+    source = entry_dir / info["file"]
+    target = source
+    if context.folder is not None and not (stage.shared and info["rows"] is not None):
+        target = context.folder / info["file"]
+        for part in info.get("parts") or [None]:  # a partitioned dataset: each of its parts
+            storage.link_or_copy(source / part["file"] if part else source, target / part["file"] if part else target)
+    return DatasetRef(name=name, file=info["file"], path=target.relative_to(context.artifacts_dir).as_posix(),
+                      sha256=info["sha256"], rows=info["rows"], columns=info["columns"], parts=info.get("parts"))
+
+
+def load_dask_frame(ref: DatasetRef, artifacts: Path):
+    """A partitioned dataset as a dask DataFrame: one partition per part, in order."""
+    import dask.dataframe as dd
+
+    folder = ref.resolve(artifacts)
+    return dd.read_parquet([str(folder / p.file) for p in ref.parts], index=False)
+
+
+@contextmanager
+def dask_client():
+    """The dask.distributed client a dask stage computes with.
+
+    Inside a worker (a Prefect task run by the DaskTaskRunner) a worker client, which leaves
+    the worker's slot to the stage's own tasks while it waits; elsewhere the process's default
+    client (a LocalCluster a test or a script started).
+    """
+    from distributed import get_client, get_worker, worker_client
+
+    try:
+        get_worker()
+    except ValueError:
+        yield get_client()
+        return
+    with worker_client() as client:
+        yield client
+
+
+def link_into_run(ref: DatasetRef, context: RunContext) -> DatasetRef:
+    """A reference to the same file inside the run folder (for outputs made before it existed)."""
+    target = context.folder / ref.file
+    if not target.exists():
+        storage.link_or_copy(ref.resolve(context.artifacts_dir), target)
+    return ref.model_copy(update={"path": target.relative_to(context.artifacts_dir).as_posix()})
+
+
+# --- frames made or read in this process, by sha256, so the next stage need not re-read them ---
+
+_FRAMES: OrderedDict[str, pd.DataFrame] = OrderedDict()
+_FRAMES_LOCK = threading.Lock()
+FRAMES_KEPT = 4
+# At millions of lines two line-level frames are gigabytes: beyond this many bytes the oldest
+# frames are dropped (a later stage reads them back from their file if it needs them).
+FRAMES_BYTES = 1 << 30
+
+
+def remember_frame(sha256: str, frame: pd.DataFrame) -> None:
+    with _FRAMES_LOCK:
+        _FRAMES[sha256] = frame
+        _FRAMES.move_to_end(sha256)
+        while len(_FRAMES) > FRAMES_KEPT or (
+                len(_FRAMES) > 1 and sum(int(f.memory_usage(index=False).sum()) for f in _FRAMES.values()) > FRAMES_BYTES):
+            _FRAMES.popitem(last=False)
+
+
+def load_frame(ref: DatasetRef, artifacts: Path) -> pd.DataFrame:
+    with _FRAMES_LOCK:
+        frame = _FRAMES.get(ref.sha256)
+    if frame is None:
+        frame = storage.read_parquet(ref.resolve(artifacts))
+        if ref.is_partitioned:
+            # dask writes its own string dtype (missing values as pd.NA); a stage reads the same
+            # frame whichever engine wrote it.
+            frame = frame.astype({c: "str" for c, t in frame.dtypes.items()
+                                  if isinstance(t, pd.StringDtype) and t.na_value is pd.NA})
+        remember_frame(ref.sha256, frame)
+    return frame
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as plain JSON values (numpy scalars and timestamps would not survive a round trip)."""
+    return json.loads(json.dumps(metrics, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def _png_bytes(figure) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    # No software/date metadata: identical figures give identical bytes.
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()

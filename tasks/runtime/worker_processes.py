@@ -1,0 +1,165 @@
+"""Helper processes: work beside the run, on the other core, in other Pythons.
+
+- The **validator** answers on channel `gate`: it validates datasets with Great Expectations
+  (imported once, first thing, while the command starts up) and builds Data Docs.
+- The **worker** answers on channel `work`: it computes whole stages that no later stage waits
+  for, such as the market basket rules, whose FP-growth is pure Python and would otherwise hold
+  the run's interpreter (threads share one GIL). Its own quality gates go to the validator too.
+
+The run's threads wait on a socket meanwhile, which leaves their GIL to the stages that go on.
+Both are plain `python -c` children rather than a multiprocessing pool: 'spawn' re-runs the
+caller's main script in the child (a user's script without a main guard would start itself
+again), 'fork' is unsafe once Prefect's threads run, and a pool's worker must be joined at exit
+(0.8 s measured). A child reads end-of-file when its parent exits and ends by itself; nobody
+waits for it. Without a helper (never started, or died), the same work runs in the caller.
+"""
+
+from __future__ import annotations
+
+import atexit
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class Channel:
+    """Requests to a helper over one connection, one at a time."""
+
+    def __init__(self, conn, process: subprocess.Popen | None = None):
+        self.conn, self.process = conn, process
+        self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.process is None or self.process.poll() is None
+
+    def call(self, kind: str, *args) -> Any:
+        with self.lock:
+            self.conn.send((kind, args))
+            status, value = self.conn.recv()
+        if status == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# The channels this process may use, by name ("gate", "work").
+_channels: dict[str, Channel] = {}
+
+
+def channel(name: str) -> Channel | None:
+    """The helper answering on `name` when it runs; None: do the work in this process."""
+    found = _channels.get(name)
+    return found if found is not None and found.alive() else None
+
+
+def start(worker: bool = True) -> None:
+    """Start the validator (and the worker) now, so that their imports overlap the command's start."""
+    from multiprocessing.connection import Connection
+
+    if channel("gate") is not None and (channel("work") is not None or not worker):
+        return
+    stop()
+    to_gate, to_work, work_to_gate = socket.socketpair(), socket.socketpair(), socket.socketpair()
+    validator = _spawn("serve_validator", to_gate[1], work_to_gate[1])
+    _channels["gate"] = Channel(Connection(to_gate[0].detach()), validator)
+    if worker:
+        _channels["work"] = Channel(Connection(to_work[0].detach()), _spawn("serve_worker", to_work[1], work_to_gate[0]))
+    else:
+        for end in (*to_work, work_to_gate[0]):
+            end.close()
+    atexit.register(stop)
+
+
+def stop() -> None:
+    """Let the helpers go: they see end-of-file and exit by themselves."""
+    for name in list(_channels):
+        _channels.pop(name).close()
+
+
+def _spawn(function: str, *theirs: socket.socket) -> subprocess.Popen:
+    fds = [s.fileno() for s in theirs]
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; from {__name__} import {function}; {function}(*sys.argv[1:])",
+         *map(str, fds)],
+        pass_fds=fds, stdin=subprocess.DEVNULL,
+    )
+    for s in theirs:
+        s.close()
+    return process
+
+
+# --- in the children ----------------------------------------------------------------------------
+
+
+def serve_validator(from_parent: str, from_worker: str) -> None:
+    """Answer the run's and the worker's gates, each connection in a thread of its own."""
+    from multiprocessing.connection import Connection
+
+    from customer_segments.tasks.runtime.quality import gate
+
+    gate.warm_up()
+    threads = [threading.Thread(target=_serve, args=(Connection(int(fd)), gate.HANDLERS), daemon=True)
+               for fd in (from_parent, from_worker)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def serve_worker(from_parent: str, to_validator: str) -> None:
+    from multiprocessing.connection import Connection
+
+    _channels["gate"] = Channel(Connection(int(to_validator)))
+    _warm_up_worker()
+    _serve(Connection(int(from_parent)), {"stage": _run_stage})
+
+
+def _serve(conn, handlers: dict[str, Callable[..., Any]]) -> None:
+    """Answer requests until the other end goes away."""
+    while True:
+        try:
+            kind, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(("ok", handlers[kind](*args)))
+        except Exception as exc:  # handed back to the caller, who raises it
+            conn.send(("error", exc))
+
+
+# --- stages computed in the worker ---------------------------------------------------------------
+#
+# Threads cannot run two Python-heavy stages at once (the GIL); the market basket rules (mlxtend's
+# FP-growth is pure Python) would otherwise hold the run's one interpreter while the segmentation
+# goes on. A stage the catalogue places in the worker (`runs_in="worker"`) is handed over as its
+# references; the flow's thread waits on the socket. Without the worker it runs in this process.
+
+
+def run_stage_in_worker(stage_name: str, context, upstream: list) -> Any:
+    worker = channel("work")
+    if worker is not None:
+        return worker.call("stage", stage_name, context, list(upstream))
+    return _run_stage(stage_name, context, upstream)
+
+
+def _run_stage(stage_name: str, context, upstream: list) -> Any:
+    from customer_segments.tasks.catalogue import BY_NAME
+    from customer_segments.tasks.runtime.stage_runner import run_stage
+
+    return run_stage(BY_NAME[stage_name], context, upstream)
+
+
+def _warm_up_worker() -> None:
+    """What the stages computed here import, before the first one arrives."""
+    from customer_segments.tasks import catalogue
+
+    for stage in catalogue.STAGES:
+        if stage.runs_in == "worker":
+            __import__(stage.transform.__module__)
+    import mlxtend.frequent_patterns  # noqa: F401  (imported lazily by the basket transform)
+    import sklearn.linear_model  # noqa: F401  (likewise by the propensity model)
