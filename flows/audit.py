@@ -181,6 +181,11 @@ def summary_markdown(manifest: Manifest, profiles: list[dict[str, Any]]) -> str:
                 outcome = "passed with warnings"
             lines.append(f"| {g['dataset']} | {outcome} | {g['evaluated']} | {g['failed_critical']} | "
                          f"{g['warnings'] or '-'} |")
+    for export in manifest.exports:
+        lines.append(f"- **Export** to `{export['target']}`: " + (
+            f"{export.get('rows', 0):,} customers" if export.get("status") == "completed" else
+            f"FAILED ({export.get('error')}); the run is complete, `segment export {manifest.run_id} --to TARGET` "
+            "redoes it"))
     report = run_dir / "report.html"
     lines += ["", "## Files", ""]
     if report.exists():

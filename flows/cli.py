@@ -78,14 +78,27 @@ def run(
 
 
 def _checked(run: RunValues, command: str) -> dict:
-    """The run's parameters checked by the model; a bad value ends the command with its paragraph."""
-    from customer_segments.tasks.errors import PipelineError
-    from customer_segments.tasks.runtime import parameters
+    """The run's parameters checked by the model; a bad value ends the command with its paragraph.
+
+    A database URL's password is taken out here, before the parameters reach Prefect: it goes to
+    this process's environment for libpq (see tasks/runtime/postgres.py) and nowhere else.
+    """
+    from customer_segments.tasks.errors import PipelineError, UsageError
+    from customer_segments.tasks.runtime import parameters, postgres
 
     try:
-        return parameters.validate(run.values, command).model_dump()
+        values = parameters.validate(run.values, command).model_dump()
+        for key in ("input_path", "export_to"):
+            url = values.get(key)
+            if postgres.is_url(url):
+                if command == "deploy" and postgres.safe_url(url) != url:
+                    raise UsageError(command, "a deployment's parameters are stored on the Prefect server, so a "
+                                              "database URL must not hold a password: give the workers PGPASSWORD or "
+                                              "~/.pgpass")
+                values[key] = postgres.take_password(url)
+        return values
     except PipelineError as exc:
-        typer.echo(f"Error: {exc}", err=True)
+        typer.echo(f"Error: {postgres.scrub(str(exc))}", err=True)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -354,6 +367,57 @@ def deploy(
 
 
 @app.command()
+def export(
+    run_id: RunIdArgument,
+    to: Annotated[str, typer.Option("--to", metavar="TARGET", help="A .csv or .parquet file, or a PostgreSQL table: "
+                                    "postgresql://USER@HOST:PORT/DB?table=SCHEMA.TABLE (default table "
+                                    "customer_segments; the password from PGPASSWORD, ~/.pgpass or the URL).")],
+    artifacts: ArtifactsOption = Path(ARTIFACTS),
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON line describing the export.")] = False,
+) -> None:
+    """Export a completed run's customer table (one row per customer) where marketers act."""
+    from customer_segments.tasks.errors import PipelineError
+    from customer_segments.tasks.runtime import exports, postgres, run_folders
+
+    try:
+        target = postgres.take_password(to) if postgres.is_url(to) else to
+        done = exports.export_run(run_folders.find_run(artifacts, run_id, "export"), target)
+    except PipelineError as exc:
+        typer.echo(f"Error: {postgres.scrub(str(exc))}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(json.dumps(done) if json_out else
+               f"Exported {done['rows']:,} customers of run {run_id} to {done['target']} in {done['seconds']} s.")
+
+
+@app.command()
+def assign(
+    run_id: RunIdArgument,
+    input: Annotated[Path, typer.Option("--input", help="Invoice lines to assign: a file or folder as `segment run` "
+                                                         "reads, with the run's column mapping.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the assigned customers: .csv or .parquet.")],
+    as_of: Annotated[Optional[str], typer.Option("--as-of", metavar="YYYY-MM", help="Use the lines before this "
+                                                 "month (default: the run's cutoff), with the run's window.")] = None,
+    artifacts: ArtifactsOption = Path(ARTIFACTS),
+) -> None:
+    """Assign the customers of new invoice lines to a run's segments, without refitting.
+
+    Their features come from their lines (the run's cleaning rules and cutoff, or --as-of); each
+    is ranked among the run's customers as the run ranked them, and the customer goes to the
+    nearest segment center.
+    """
+    from customer_segments.tasks.errors import PipelineError
+    from customer_segments.tasks.runtime import assigning, run_folders
+
+    try:
+        done = assigning.assign_file(run_folders.find_run(artifacts, run_id, "assign"), input, out, as_of)
+    except PipelineError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(f"Assigned {done['customers']:,} customers ({done['in_run']:,} of them in run {run_id}, "
+               f"{done['new']:,} new) to its segments: {done['out']}")
+
+
+@app.command()
 def generate(
     out: Annotated[Path, typer.Option("--out", help="File to write: .parquet, .csv or .xlsx; with --part-customers, a folder.")],
     customers: Annotated[int, typer.Option("--customers", min=10)] = 2000,
@@ -495,6 +559,9 @@ def _finish(call, json_out: bool, verbose: bool) -> None:
             message, code = str(exc), exc.exit_code
         else:
             message, code = f"{type(exc).__name__}: {exc} (rerun with --verbose for the traceback)", 1
+        from customer_segments.tasks.runtime.postgres import scrub
+
+        message = scrub(message)
         if manifest is not None and manifest.run_dir and not isinstance(exc, PipelineError):
             message += (f" Run {manifest.run_id} is kept in {manifest.run_dir}; after fixing the cause, "
                         f"`segment resume {manifest.run_id}` completes it.")
@@ -518,6 +585,17 @@ def summary_text(manifest) -> str:
     if manifest.fact("files", 1) > 1:
         lines.append(f"  read {manifest.fact('files')} files: {repeated:,} lines repeated across files "
                      "counted once")
+    renamed = manifest.fact("renamed_columns") or {}
+    if renamed:
+        lines.append("  columns read as: " + ", ".join(f"{source} as {name}" for source, name in renamed.items())
+                     + (" (the names of UCI's Online Retail II export)" if not manifest.parameters.get("columns")
+                        else ""))
+    if manifest.fact("generated_invoice_numbers"):
+        lines.append("  the input has no invoice numbers: each line is one order")
+    for stage, reason in manifest.skipped().items():
+        lines.append(f"  skipped {stage}: {reason}")
+    for stage, note in manifest.notes():
+        lines.append(f"  {stage}: {note}")
     for rule, n in manifest.rows_dropped.items():
         if n or rule != "before_window":
             lines.append(f"  dropped {n:>9,} rows: {rule.replace('_', ' ')}")
@@ -547,6 +625,12 @@ def summary_text(manifest) -> str:
                      f"{manifest.fact('movers', 0):,} customers changed segment, "
                      f"{manifest.fact('new_customers', 0):,} new, "
                      f"{manifest.fact('lapsed_customers', 0):,} lapsed")
+    for export in getattr(manifest, "exports", []) or []:
+        if export.get("status") == "completed":
+            lines.append(f"  exported {export.get('rows', 0):,} customers to {export['target']}")
+        else:
+            lines.append(f"  the export to {export['target']} failed: {export.get('error')}; the run is complete, and "
+                         f"`segment export {manifest.run_id} --to TARGET` redoes it")
     lines.append(f"Results: {manifest.run_dir}")
     return "\n".join(lines)
 

@@ -18,9 +18,12 @@ def deployment_parameters(values: dict[str, Any]) -> dict[str, Any]:
     another folder. Parameters left at their defaults are not written into the deployment, so
     they stay editable in the UI as defaults.
     """
+    from customer_segments.tasks.runtime import postgres
+
     defaults = parameters.defaults().model_dump()
     chosen = {name: value for name, value in values.items() if value != defaults.get(name)}
-    return chosen | {"input_path": str(Path(values["input_path"]).resolve()),
+    source = values["input_path"]  # a landing path, or a database URL (without password) read as it is
+    return chosen | {"input_path": source if postgres.is_url(source) else str(Path(source).resolve()),
                      "artifacts": str(Path(values["artifacts"]).resolve()), "as_of": settings.SCHEDULED}
 
 

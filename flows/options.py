@@ -5,9 +5,10 @@ runs (`run`, `backfill`, `serve`, `deploy`), with its flag, help, default and me
 every switchable stage becomes a `--no-<stage>` flag. Values are checked by the model, not by
 the command line, so a run started from the Prefect UI is checked the same way.
 
-A command declares only its own options; `with_run_options` adds the run's, and the command
-receives them as one `RunValues`: the values (the model's field names), and which of them were
-given on the command line (a config file supplies the others).
+A command declares only its own options; `with_run_options` adds the run's and `--config FILE`,
+and the command receives them as one `RunValues`: the values (the model's field names), with those
+given on the command line overriding those of the config file (a TOML file whose keys are the
+model's field names; see `read_config`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -29,6 +31,48 @@ class RunValues:
 
     values: dict[str, Any] = field(default_factory=dict)
     given: set[str] = field(default_factory=set)
+    config: Path | None = None
+
+
+def read_config(path: Path, allowed: set[str], command: str) -> dict[str, Any]:
+    """The run parameters of a TOML config file, by model field name.
+
+    Keys are the model's names (k_max, basket_min_lift, input_path, methods, columns, ...); a
+    misspelt or unknown key is an error naming the closest valid one. Paths (input_path,
+    artifacts) are relative to the file's folder. Values are checked later, with the command
+    line's, by the model.
+    """
+    import tomllib
+
+    from customer_segments.tasks.errors import UsageError
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(command, f"the config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(command, f"the config file {path} cannot be read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(command, f"the config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        import difflib
+
+        problems = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+            problems.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise UsageError(command, f"the config file {path} has unknown key(s) {', '.join(problems)}; "
+                                  f"the keys are {', '.join(sorted(allowed))}")
+    declared = parameters.declared()
+    out = dict(data)
+    for key, value in data.items():
+        param = declared.get(key)
+        if param is not None and param.path and isinstance(value, str) and "://" not in value \
+                and not Path(value).is_absolute():
+            out[key] = str((path.parent / value).resolve())
+    return out
 
 
 def _option_type(param) -> Any:
@@ -74,23 +118,36 @@ def run_parameters(include: Iterable[str] | None = None, exclude: Iterable[str] 
     return out
 
 
+CONFIG = inspect.Parameter(
+    "config", inspect.Parameter.KEYWORD_ONLY, default=None,
+    annotation=Annotated[Optional[Path], typer.Option(
+        "--config", metavar="FILE", help="A TOML file of run parameters, by the names the run records in its "
+                                         "manifest (input_path, as_of, k_max, basket_min_lift, columns, methods, ...); "
+                                         "options given on the command line override it.")])
+
+
+# Typer hands the command its context through a parameter of this type: it tells which options
+# were given on the command line (they override the config file) and which were left at default.
+CONTEXT = inspect.Parameter("typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+
 def with_run_options(include: Iterable[str] | None = None, exclude: Iterable[str] = (),
-                     aliases: dict[str, tuple[str, ...]] | None = None, switches: bool = True) -> Callable:
+                     aliases: dict[str, tuple[str, ...]] | None = None, switches: bool = True,
+                     config: bool = True) -> Callable:
     """Decorate a command `f(run: RunValues, **own_options)` with the run's options (or those of
-    `include` only). The command's typer signature is the run's options followed by its own.
+    `include` only) and `--config`. The command's typer signature is the run's options followed
+    by its own.
     """
     exclude = tuple(exclude)
 
     def decorate(command: Callable) -> Callable:
         own = [p for name, p in inspect.signature(command, eval_str=True).parameters.items() if name != "run"]
-        derived = run_parameters(include, exclude, aliases, switches)
-        names = {p.name for p in derived}
+        derived = run_parameters(include, exclude, aliases, switches) + ([CONFIG] if config else [])
+        names = {p.name for p in derived} - {CONFIG.name}
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
-            import click
-
-            context = click.get_current_context(silent=True)
+            context = kwargs.pop(CONTEXT.name, None)
             run = RunValues()
             switched_off = []
             for name in names:
@@ -108,9 +165,22 @@ def with_run_options(include: Iterable[str] | None = None, exclude: Iterable[str
                     run.given.add(name)
             if switches:
                 run.values[parameters.METHODS] = [m for m in parameters.switchable() if m not in switched_off]
+            config_file = kwargs.pop(CONFIG.name, None)
+            if config_file is not None:
+                from customer_segments.tasks.errors import PipelineError
+
+                allowed = {n for n in names if not n.startswith("no_")} | ({parameters.METHODS} if switches else set())
+                try:
+                    from_file = read_config(config_file, allowed, context.info_name if context else "run")
+                except PipelineError as exc:
+                    typer.echo(f"Error: {exc}", err=True)
+                    raise typer.Exit(exc.exit_code) from None
+                run.values.update({k: v for k, v in from_file.items() if k not in run.given})
+                run.config = config_file
             return command(run, **kwargs)
 
-        signature = inspect.Signature(derived + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own])
+        signature = inspect.Signature(derived + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+                                      + [CONTEXT])
         wrapper.__signature__ = signature
         wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
         del wrapper.__wrapped__  # typer must read the signature above, not the command's own

@@ -30,7 +30,7 @@ from prefect.states import Completed  # noqa: E402
 from customer_segments.flows import audit, settings  # noqa: E402
 from customer_segments.tasks import catalogue  # noqa: E402
 from customer_segments.tasks.errors import ParameterError, PipelineError  # noqa: E402
-from customer_segments.tasks.runtime import parameters, run_folders, worker_processes  # noqa: E402
+from customer_segments.tasks.runtime import parameters, postgres, run_folders, worker_processes  # noqa: E402
 from customer_segments.tasks.runtime.graph import pipeline as graph  # noqa: E402
 from customer_segments.tasks.runtime.manifest import Manifest, RunContext, StageRecord, StageResult  # noqa: E402
 from customer_segments.tasks.runtime.stage import Stage  # noqa: E402
@@ -154,10 +154,30 @@ class Walk:
             return
         self.context = open_run.submit(self.context, [self.done[n] for n in sources if n in self.done])
         self.ledger.opened(self.context.result())
+        self._skip_what_the_input_cannot_feed([self.done[n].result() for n in sources if n in self.done])
         previous = previous_run.submit(self.context)
         self.ledger.previous(previous.result())
         self.done[catalogue.PREVIOUS.name] = previous
         self.opened = True
+
+    def _skip_what_the_input_cannot_feed(self, sources: list[StageResult]) -> None:
+        """Stages needing columns the export lacks (products) are skipped, with those needing their outputs."""
+        present = next((r.record.metrics["input_columns"] for r in sources if "input_columns" in r.record.metrics), None)
+        if present is None:
+            return
+        reasons = {}
+        for name in self.todo:
+            missing = [c for c in catalogue.BY_NAME[name].needs_columns if c not in present]
+            if missing:
+                reasons[name] = f"the input has no {' or '.join(missing)} column"
+        if not reasons:
+            return
+        kept = graph().runnable([n for n in self.todo if n not in reasons] + list(self.done))
+        for name in [n for n in self.todo if n not in kept]:
+            reasons.setdefault(name, "it needs the outputs of " + ", ".join(
+                p for p in graph().upstream_stages(catalogue.BY_NAME[name]) if p in reasons))
+            self.todo.remove(name)
+            self.ledger.skipped(name, reasons[name])
 
     def _ready(self, name: str) -> bool:
         stage = catalogue.BY_NAME[name]
@@ -234,9 +254,46 @@ def segmentation(**kwargs: Any) -> Manifest:
         exc.manifest = ledger.finish("failed", error=str(exc))
         raise
     write_report(manifest)
+    if context.params.get("export_to"):
+        export_after_run(ledger, context.params["export_to"])
     audit.publish(manifest)
     get_run_logger().info("Run %s completed: %s", manifest.run_id, manifest.run_dir)
     return manifest
+
+
+def retry_unless_permanent(task, task_run, state) -> bool:
+    """Retry an export that failed for a reason that may pass (the server, the network)."""
+    try:
+        state.result()
+    except Exception as exc:
+        return bool(getattr(exc, "transient", not isinstance(exc, PipelineError)))
+    return False
+
+
+@task(name="export", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[2, 8],
+      retry_condition_fn=retry_unless_permanent)
+def export_customers(run_dir: str, target: str) -> dict:
+    """The completed run's customer table to the --export-to target."""
+    from customer_segments.tasks.runtime import exports
+
+    done = exports.export_run(Path(run_dir), target)
+    get_run_logger().info("Exported %s customers to %s in %s s", f"{done['rows']:,}", done["target"], done["seconds"])
+    return done
+
+
+def export_after_run(ledger: run_folders.RunLedger, target: str) -> None:
+    """Export as the flow's last task; a failure leaves the run completed and is recorded, not raised."""
+    manifest = ledger.manifest
+    try:
+        done = export_customers.submit(manifest.run_dir, target).result()
+        record = {"target": done["target"], "status": "completed", "rows": done["rows"], "seconds": done["seconds"]}
+    except Exception as exc:
+        error = postgres.scrub(str(exc))
+        get_run_logger().error("The export to %s failed: %s. The run is complete; `segment export %s --to TARGET` "
+                               "redoes it.", postgres.safe_url(target), error, manifest.run_id)
+        record = {"target": postgres.safe_url(target), "status": "failed", "error": error}
+    manifest.exports.append(record)
+    ledger.save()
 
 
 def stage_switches(params: dict[str, Any]) -> list[str]:
@@ -264,11 +321,15 @@ def backfill(start: str, end: str, **kwargs: Any) -> list[tuple[Manifest, bool]]
     """
     params = parameters.validate(kwargs, "backfill").model_dump()
     months = run_folders.month_range(start, end)
-    info = run_folders.input_fingerprint(Path(params["input_path"]))  # once for all months; ingest is cached
     artifacts = Path(params["artifacts"])
+    # A file is hashed once for all months (each month's ingest is then cached); a database is
+    # read per month, each month's lines into its own snapshot.
+    info = None if postgres.is_url(params["input_path"]) else run_folders.resolve_input(params, artifacts)[0]
     logger = get_run_logger()
     done: list[tuple[Manifest, bool]] = []
     for month in months:
+        if postgres.is_url(params["input_path"]):
+            info = run_folders.resolve_input(params | {"as_of": month}, artifacts)[0]
         kept = run_folders.reusable_run(artifacts, month, params | {"as_of": month}, info.sha256)
         if kept is not None:
             logger.info("%s: kept run %s (same input, parameters, code and previous month)", month, kept.run_id)

@@ -23,10 +23,13 @@ here, and a report section if people read it (flows/report/ and flows/templates/
 from __future__ import annotations
 
 from customer_segments.tasks.inputs import readers
-from customer_segments.tasks.methods import basket, chaid, products, propensity, rfm
+from customer_segments.tasks.methods import basket, chaid, clv, customers, products, propensity, rfm
 from customer_segments.tasks.runtime.stage import FigureSpec, Param, PreviousMonth, Stage
+from customer_segments.tasks.inputs import columns as column_names
+from customer_segments.tasks.inputs.columns import PRODUCT_COLUMNS as PRODUCTS
 from customer_segments.tasks.segmentation import (
-    cleaning, cluster, features, migration, normalize, plots, profile, select_k, stability,
+    assign, best_sellers, cleaning, cluster, features, migration, normalize, orders, plots, profile, select_k,
+    stability,
 )
 
 # --- parameters of the run as a whole ------------------------------------------------------------
@@ -35,11 +38,15 @@ AS_OF = Param("as_of", str | None, None,
               "Month to segment up to (YYYY-MM); invoices before its first day are used. "
               "Default: the newest invoice's month.", metavar="YYYY-MM")
 ARTIFACTS = Param("artifacts", str, "artifacts", "Folder holding the run folders.", changes_results=False,
-                  metavar="DIR")
+                  metavar="DIR", path=True)
 ENGINE = Param("engine", str, "pandas",
                "Where the line-level stages run: pandas (this machine) or dask (a dask.distributed cluster).",
                choices=("pandas", "dask"))
-RUN_PARAMS = (AS_OF, ARTIFACTS, ENGINE)
+EXPORT_TO = Param("export_to", str | None, None,
+                  "After the run, export its customer table to this .csv or .parquet file or PostgreSQL table "
+                  "(postgresql://USER@HOST/DB?table=SCHEMA.TABLE); an export that fails leaves the run complete.",
+                  changes_results=False, metavar="TARGET")
+RUN_PARAMS = (AS_OF, ARTIFACTS, ENGINE, EXPORT_TO)
 
 # Facts of a run the runtime provides (not set by users); stages name those they read in `uses`.
 RUN_FACTS = {
@@ -63,11 +70,15 @@ INGEST = Stage(
     params=(
         Param("input_path", str, "data/incoming",
               "Invoice export: .xlsx, .csv, .parquet or a folder of them.", option="--input", key_as="input_sha256",
-              metavar="PATH"),
+              metavar="PATH", path=True),
         Param("encoding", str | None, None,
               "Text encoding of CSV input, e.g. cp1252 (default UTF-8, with or without BOM)."),
         Param("date_format", str | None, None,
               "strftime format of CSV dates when they are ambiguous, e.g. '%d/%m/%Y %H:%M'."),
+        Param("columns", dict[str, str] | None, None,
+              "Which column of the export is which: CANONICAL=SOURCE pairs, e.g. "
+              "'CustomerID=customer_id,InvoiceDate=created_at,Sales=total'. Names: " + ", ".join(column_names.NAMES)
+              + ".", metavar="CANONICAL=SOURCE,...", parse=column_names.parse_mapping),
     ),
     metrics=readers.ingest_metrics, shared=True, retries=2,
     dask_transform=readers.read_invoices_dask, dask_metrics=readers.ingest_metrics_dask,
@@ -80,9 +91,14 @@ CLEAN = Stage(
     uses=("cutoff",), metrics=cleaning.clean_metrics,
     dask_transform=cleaning.clean_invoices_dask, dask_metrics=cleaning.clean_metrics_dask,
 )
+# One row per order: every per-customer stage reads it instead of the lines.
+ORDERS = Stage(
+    "orders", orders.orders, inputs=("clean_invoices",), outputs=("orders",), metrics=orders.order_metrics,
+    dask_transform=orders.orders_dask,
+)
 FEATURES = Stage(
-    "features", features.customer_features, inputs=("clean_invoices",), outputs=("customer_features",),
-    metrics=features.feature_metrics, dask_transform=features.customer_features_dask,
+    "features", features.customer_features, inputs=("orders",), outputs=("customer_features",),
+    metrics=features.feature_metrics,
 )
 NORMALIZE = Stage(
     "normalize", normalize.normalize_features, inputs=("customer_features",), outputs=("normalized_features",),
@@ -108,15 +124,21 @@ STABILITY = Stage(
     outputs=("segment_stability",), metrics=stability.stability_metrics,
 )
 PROFILE = Stage(
-    "profile", profile.profile, inputs=("cluster_labels", "clean_invoices", "segment_lineage", "segment_stability"),
-    outputs=("segment_profiles", "top_products"), uses=("service_codes",), metrics=profile.profile_metrics,
-    report="best_sellers", dask_transform=profile.profile_dask, dask_metrics=profile.profile_metrics_dask,
+    "profile", profile.segment_profiles, inputs=("cluster_labels", "segment_lineage", "segment_stability"),
+    outputs=("segment_profiles",),
+)
+# The stages that need products are skipped when the export has none (no StockCode, Description).
+BEST_SELLERS = Stage(
+    "best_sellers", best_sellers.best_sellers, inputs=("clean_invoices", "cluster_labels"), outputs=("top_products",),
+    uses=("service_codes",), metrics=best_sellers.best_seller_metrics, needs_columns=PRODUCTS,
+    label="Best sellers", report="best_sellers",
+    dask_transform=best_sellers.best_sellers_dask, dask_metrics=best_sellers.best_seller_metrics_dask,
 )
 
 # The article's other methods; each can be switched off, and each draws its own chart.
 BASKET = Stage(
     "basket", basket.basket_stage, inputs=("clean_invoices", "cluster_labels"),
-    outputs=("basket_rules", "recommendations"),
+    outputs=("basket_rules", "recommendations", "customer_recommendations"),
     params=(
         Param("basket_min_support", float, 0.01, "Smallest share of baskets an itemset must be in.",
               option="--min-support", ge=0.0, le=1.0),
@@ -126,14 +148,14 @@ BASKET = Stage(
         Param("basket_max_len", int, 3, "Most items in a rule (antecedents and consequent).", option="--max-len",
               ge=2),
     ),
-    uses=("service_codes",), metrics=basket.basket_metrics,
+    uses=("service_codes",), metrics=basket.basket_metrics, needs_columns=PRODUCTS,
     figures=(FigureSpec("basket_top_rules", "Horizontal bar chart of the strongest product rules by lift, per segment",
                         "The strongest rules per segment, by lift"),),
     switch="Skip market basket rules and recommendations.", label="Basket rules and recommendations",
     runs_in="worker", report="basket",
 )
 RFM = Stage(
-    "rfm", rfm.rfm_stage, inputs=("clean_invoices", "cluster_labels"), outputs=("rfm_scores", "rfm_profile"),
+    "rfm", rfm.rfm_stage, inputs=("orders", "cluster_labels"), outputs=("rfm_scores", "rfm_profile"),
     uses=("cutoff", "rfm_segments"), metrics=rfm.rfm_metrics,
     figures=(FigureSpec("rfm_heatmap", "Heat map of customers by recency score (rows) and frequency score (columns), "
                                        "coloured by mean sales",
@@ -141,7 +163,7 @@ RFM = Stage(
     switch="Skip RFM scores and segments.", label="RFM", report="rfm",
 )
 PROPENSITY = Stage(
-    "propensity", propensity.propensity_stage, inputs=("clean_invoices",),
+    "propensity", propensity.propensity_stage, inputs=("orders",),
     outputs=("propensity_scores", "propensity_deciles", "propensity_coefficients"),
     params=(Param("horizon", int, 3, "Months ahead the propensity model (and CHAID's repurchase target) looks.",
                   ge=1),),
@@ -152,7 +174,7 @@ PROPENSITY = Stage(
     report="propensity",
 )
 CHAID = Stage(
-    "chaid", chaid.chaid_stage, inputs=("clean_invoices", "cluster_labels"), outputs=("chaid_segments", "chaid_assignment"),
+    "chaid", chaid.chaid_stage, inputs=("orders", "cluster_labels"), outputs=("chaid_segments", "chaid_assignment"),
     params=(
         Param("chaid_target", str, "repurchase",
               "What CHAID explains: repurchase (within --horizon) or segment (membership of the high-value segment).",
@@ -163,6 +185,43 @@ CHAID = Stage(
     ),
     uses=("cutoff", "horizon"), metrics=chaid.chaid_metrics,
     switch="Skip the CHAID tree.", label="CHAID", report="propensity",
+)
+CLV = Stage(
+    "clv", clv.customer_lifetime_value, inputs=("orders", "cluster_labels", "rfm_scores"), optional=("rfm_scores",),
+    outputs=("customer_value", "segment_value", "clv_model", "clv_holdout"),
+    params=(
+        Param("clv_time_unit", str, "D", "Time unit of the lifetime-value models: days, weeks or months.",
+              choices=tuple(clv.TIME_UNITS)),
+        Param("clv_horizon", int, 12, "Months ahead the lifetime value counts (and the most its check holds out).",
+              ge=1, le=120),
+        Param("discount_rate", float, 0.10, "Annual discount rate of the lifetime value.", ge=0.0, le=1.0),
+    ),
+    uses=("cutoff",), metrics=clv.clv_metrics,
+    figures=(
+        FigureSpec("clv_by_segment", "Horizontal bar chart of each segment's expected value over the horizon, with "
+                                     "its 90 % interval", "Value at stake per segment over the horizon"),
+        FigureSpec("clv_p_alive", "Heat map of the probability a customer is still active, by repeat purchases "
+                                  "(rows) and the time of the last purchase (columns)",
+                   "Probability a customer is still active, by frequency and recency"),
+        FigureSpec("clv_holdout", "Bar chart of mean repeat purchases in the held-out months by repeat purchases "
+                                  "in the calibration period, observed beside predicted",
+                   "The model's check: predicted against observed purchases in the held-out months"),
+    ),
+    switch="Skip customer lifetime value and churn risk.", label="Customer lifetime value", runs_in="worker",
+    report="value",
+)
+# What `segment assign` needs to place new customers in this run's segments without refitting.
+SEGMENT_MODEL = Stage(
+    "segment_model", assign.segment_model, inputs=("customer_features", "cluster_labels"), outputs=("segment_model",),
+    metrics=assign.model_metrics,
+)
+# One row per customer with everything a campaign is chosen by: what `segment export` sends out.
+CUSTOMERS = Stage(
+    "customers", customers.customer_table,
+    inputs=("cluster_labels", "previous_labels", "rfm_scores", "propensity_scores", "customer_value",
+            "customer_recommendations"),
+    optional=("previous_labels", "rfm_scores", "propensity_scores", "customer_value", "customer_recommendations"),
+    outputs=("customers",), metrics=customers.customer_metrics,
 )
 MIGRATION = Stage(
     "migration", migration.migration, inputs=("cluster_labels", "previous_labels"), optional=("previous_labels",),
@@ -188,8 +247,8 @@ PLOTS = Stage(
     ),
 )
 
-STAGES = (INGEST, CLEAN, FEATURES, NORMALIZE, CLUSTER, SELECT_K, STABILITY, PROFILE, PLOTS,
-          BASKET, RFM, PROPENSITY, CHAID, MIGRATION)
+STAGES = (INGEST, CLEAN, ORDERS, FEATURES, NORMALIZE, CLUSTER, SELECT_K, STABILITY, PROFILE, BEST_SELLERS, PLOTS,
+          BASKET, RFM, CLV, PROPENSITY, CHAID, MIGRATION, SEGMENT_MODEL, CUSTOMERS)
 BY_NAME = {stage.name: stage for stage in STAGES}
 SWITCHABLE = tuple(stage.name for stage in STAGES if stage.switchable)
 # The run's parameters: the input first, then the run's own, then each stage's.

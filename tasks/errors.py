@@ -51,7 +51,7 @@ class UsageError(PipelineError):
     def __init__(self, command: str, problem: str):
         self.command = command
         self.problem = problem
-        super().__init__(f"segment {command}: {problem}.")
+        super().__init__(f"segment {command}: {problem}" + ("" if problem.endswith(("?", ".", "!")) else "."))
 
     def __reduce__(self):
         return (type(self), (self.command, self.problem))

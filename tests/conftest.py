@@ -68,3 +68,13 @@ def browser():
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the session (see tests/support/postgres.py)."""
+    from support import postgres
+
+    server = postgres.start()
+    yield server
+    postgres.stop(server)

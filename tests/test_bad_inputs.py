@@ -19,7 +19,7 @@ from support import SAMPLE, run_cli, run_flow, snapshot
 from customer_segments.tasks.errors import PipelineError
 from customer_segments.tasks.runtime.manifest import RunContext
 from customer_segments.tasks.runtime.stage_runner import QualityError, run_stage
-from customer_segments.tasks.catalogue import CLEAN, FEATURES, INGEST, NORMALIZE
+from customer_segments.tasks.catalogue import CLEAN, FEATURES, INGEST, NORMALIZE, ORDERS
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +92,17 @@ def few_customers(df):
 
 # name -> (make the input file from (base, tmp_path), words the message must contain)
 CASES = {
-    "missing column": (lambda b, d: write_csv(b.drop(columns="Country"), d / "x.csv"),
-                       ["x.csv", "ingest", "Country", "not found"]),
-    "renamed column": (lambda b, d: write_csv(b.rename(columns={"CustomerID": "Customer ID"}), d / "x.csv"),
-                       ["x.csv", "CustomerID", "'Customer ID'"]),
+    "missing column": (lambda b, d: write_csv(b.drop(columns="CustomerID"), d / "x.csv"),
+                       ["x.csv", "ingest", "CustomerID", "not found", "a run needs CustomerID, InvoiceDate"]),
+    "renamed column": (lambda b, d: write_csv(b.rename(columns={"CustomerID": "client_no"}), d / "x.csv"),
+                       ["x.csv", "CustomerID", "'client_no'", "--columns CustomerID=client_no"]),
     "empty file": (lambda b, d: write_bytes(d / "x.csv", b""), ["x.csv", "empty"]),
     "header only": (lambda b, d: write_csv(b.head(0), d / "x.csv"),
                     ["x.csv", "ingest", "raw_invoices", "the file has a header but no invoice lines",
                      "expect_table_row_count_to_be_between, observed 0"]),
     "xlsx without the expected sheet, several sheets": (
         lambda b, d: xlsx(d / "x.xlsx", {"Notes": pd.DataFrame({"note": ["exported by hand"]}), "Data": b.head(50)}),
-        ["x.xlsx", "sheet 'Notes'", "'Notes', 'Data'", "no sheet named 'Online Retail'", "InvoiceNo"]),
+        ["x.xlsx", "sheet 'Notes'", "'Notes', 'Data'", "no sheet named 'Online Retail'", "CustomerID"]),
     "corrupt xlsx bytes": (lambda b, d: write_bytes(d / "x.xlsx", b"PK\x03\x04 this is not a workbook" * 20),
                            ["x.xlsx", "cannot be read as xlsx"]),
     "not a table": (lambda b, d: write_bytes(d / "x.parquet", b"\x89PNG\r\n\x1a\n" + bytes(200)),
@@ -214,7 +214,7 @@ def test_injected_corruption_stops_at_the_next_gate(stage, words, tmp_path):
                          run_dir=str(run_dir),
                          params={"input_path": str(SAMPLE), "input_sha256": "s", "cutoff": "2011-12-01T00:00:00",
                                  "k_min": 4, "k_max": 8, "k": None})
-    order = [INGEST, CLEAN, FEATURES, NORMALIZE]
+    order = [INGEST, CLEAN, ORDERS, FEATURES, NORMALIZE]
     upstream = []
     for step in order[: order.index(next(s for s in order if s.name == stage.name))]:
         upstream = [run_stage(step, context, upstream)]

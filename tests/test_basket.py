@@ -20,7 +20,7 @@ from support import DEFAULTS
 from customer_segments.tasks.methods import basket
 from customer_segments.tasks.methods.basket import min_basket_count, recommendations, rules_metrics, top_rules_plot
 from customer_segments.tasks.methods.products import is_service_code, load_service_codes, product_names
-from customer_segments.tasks.segmentation.profile import top_products
+from customer_segments.tasks.segmentation.best_sellers import top_products
 
 # The thresholds as a run has them by default (declared with the basket stage in the catalogue).
 RULE_DEFAULTS = dict(min_share=DEFAULTS.basket_min_support, min_baskets=DEFAULTS.basket_min_baskets,

@@ -34,7 +34,7 @@ def raw_broken() -> pd.DataFrame:
 
 
 def raw_missing_column() -> pd.DataFrame:
-    return raw_frame().drop(columns=["UnitPrice"]).assign(Extra=1)
+    return raw_frame().drop(columns=["InvoiceNo"]).assign(Extra=1)
 
 
 def raw_wrong_dtypes() -> pd.DataFrame:
@@ -235,7 +235,7 @@ def test_the_planted_problems_are_seen():
 
     missing = merged_gate(partition_reports("raw_missing_column", "halves"), "raw_invoices", RUN)
     absent = [f for f in missing.failed_critical if f.expectation == "expect_column_values_to_not_be_null"]
-    assert [f.observed for f in absent] == ["column UnitPrice is missing from the dataset"]
+    assert [f.observed for f in absent] == ["column InvoiceNo is missing from the dataset"]
 
     empty = merged_gate(partition_reports("clean_empty", "thirds"), "clean_invoices", RUN)
     assert not empty.success and [f.expectation for f in empty.failed_critical] == ["expect_table_row_count_to_be_between"]
@@ -383,19 +383,19 @@ def test_a_partition_that_raised_makes_the_expectation_fail_with_its_exception()
     df = raw_frame()
     # The second partition lacks a column: GX raises there and lists that expectation first.
     reports = [validate(df.iloc[:10], "raw_invoices", RUN).report,
-               validate(df.iloc[10:].drop(columns=["Country"]), "raw_invoices", RUN).report]
+               validate(df.iloc[10:].drop(columns=["InvoiceNo"]), "raw_invoices", RUN).report]
     assert reports[0]["results"][0]["expectation_config"] != reports[1]["results"][0]["expectation_config"]
     merged = merge_reports(reports, "raw_invoices")
-    country = merged["results"][0]
-    assert country["expectation_config"]["kwargs"]["column"] == "Country"
-    assert country["success"] is False and "Country" in exception_message(country)
-    assert country["result"] == {}
+    invoice = merged["results"][0]
+    assert invoice["expectation_config"]["kwargs"]["column"] == "InvoiceNo"
+    assert invoice["success"] is False and "InvoiceNo" in exception_message(invoice)
+    assert invoice["result"] == {}
     columns = [r for r in merged["results"] if r["expectation_config"]["type"] == "expect_table_columns_to_match_set"]
     assert [r["success"] for r in columns] == [False, False]  # the partition that disagrees speaks
     gate = merged_gate(reports, "raw_invoices", RUN)
     assert not gate.success
     critical = [f for f in gate.failed_critical if f.expectation == "expect_table_columns_to_match_set"]
-    assert len(critical) == 1 and "missing: Country" in critical[0].observed
-    assert [f.observed for f in gate.failed_warning if f.column == "Country"] == [
-        "column Country is missing from the dataset"
+    assert len(critical) == 1 and "missing: InvoiceNo" in critical[0].observed
+    assert [f.observed for f in gate.failed_warning if f.column == "InvoiceNo"] == [
+        "column InvoiceNo is missing from the dataset"
     ]

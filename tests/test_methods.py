@@ -16,26 +16,42 @@ from support import DEFAULTS
 from customer_segments.tasks.errors import InputError, ParameterError
 from customer_segments.tasks.methods import chaid
 from customer_segments.tasks.methods import propensity as model
-from customer_segments.tasks.methods.chaid import bin_edges, chaid_table, customer_country, rule_words
-from customer_segments.tasks.methods.propensity import decile_of, decile_table, gains_chart, snapshot, snapshot_dates
-from customer_segments.tasks.methods.rfm import (
-    load_rfm_segments, rfm_heatmap, rfm_profile, rfm_scores, segment_grid,
-)
+from customer_segments.tasks.methods.chaid import bin_edges, chaid_table, rule_words
+from customer_segments.tasks.methods.propensity import decile_of, decile_table, gains_chart, snapshot_dates
+from customer_segments.tasks.segmentation.orders import orders
+from customer_segments.tasks.methods import rfm as rfm_module
+from customer_segments.tasks.methods.rfm import load_rfm_segments, rfm_heatmap, rfm_profile, segment_grid
 
 CUTOFF = pd.Timestamp("2011-12-01")
 HORIZON = DEFAULTS.horizon  # the run's default, declared with the propensity stage
 
 
+# The tests describe clean invoice lines, as people read them; the per-customer methods read the
+# orders the pipeline makes of them (one row per invoice), so each call goes through `orders`.
+
+
 def propensity(clean, cutoff, horizon=HORIZON):
-    return model.propensity(clean, cutoff, horizon)
+    return model.propensity(orders(clean), cutoff, horizon)
 
 
 def propensity_facts(clean, scores, deciles, cutoff, horizon=HORIZON):
-    return model.propensity_facts(clean, scores, deciles, cutoff, horizon)
+    return model.propensity_facts(orders(clean), scores, deciles, cutoff, horizon)
 
 
 def repurchase_table(clean, cutoff, horizon=HORIZON):
-    return chaid.repurchase_table(clean, cutoff, horizon)
+    return chaid.repurchase_table(orders(clean), cutoff, horizon)
+
+
+def rfm_scores(clean, cutoff, segments):
+    return rfm_module.rfm_scores(orders(clean), cutoff, segments)
+
+
+def snapshot(clean, at, horizon_months=None, **given):
+    return model.snapshot(orders(clean), at, horizon_months, **given)
+
+
+def customer_country(clean):
+    return chaid.customer_country(orders(clean))
 
 
 def chaid_segments(table, target, **given):

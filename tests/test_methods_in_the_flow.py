@@ -16,7 +16,7 @@ def test_methods_can_be_switched_off_and_their_outputs_are_then_absent(prefect_s
     assert done.returncode == 0, done.stderr
     run_dir = Path(last_json(done.stdout)["run_dir"])
     manifest = Manifest.model_validate_json((run_dir / "manifest.json").read_text())
-    assert manifest.parameters["methods"] == ["rfm", "propensity"]
+    assert manifest.parameters["methods"] == ["rfm", "clv", "propensity"]
     assert {"rfm", "propensity"} <= set(manifest.stages) and not {"basket", "chaid"} & set(manifest.stages)
     assert not (run_dir / "basket_rules.parquet").exists() and not (run_dir / "plots" / "basket_top_rules.png").exists()
     assert (run_dir / "rfm_scores.parquet").exists() and (run_dir / "plots" / "rfm_heatmap.png").exists()
@@ -32,7 +32,7 @@ def test_best_sellers_leave_out_service_codes_and_the_manifest_counts_them(prefe
     clean = pd.read_parquet(run_dir / "clean_invoices.parquet")
     service = clean["StockCode"].isin(["POST", "DOT", "C2", "M"])
     assert service.sum() > 0  # the generator plants postage and manual lines
-    assert manifest.metric("profile", "service_lines_excluded") == int(service.sum())
+    assert manifest.metric("best_sellers", "service_lines_excluded") == int(service.sum())
     top = pd.read_parquet(run_dir / "top_products.parquet")
     assert not top["StockCode"].isin(["POST", "DOT", "C2", "M"]).any()
     rules = pd.read_parquet(run_dir / "basket_rules.parquet")

@@ -143,7 +143,7 @@ def test_lines_repeated_across_a_folders_files_count_once_but_repeats_within_a_f
     second.to_parquet(tmp_path / "2011-11.parquet")
     read = read_invoices(tmp_path)
     assert len(read) == len(sample) + 3
-    assert read.attrs == {"rows_read": len(first) + len(second), "files": 2}
+    assert read.attrs["rows_read"] == len(first) + len(second) and read.attrs["files"] == 2
     pd.testing.assert_frame_equal(read.drop_duplicates().sort_values(list(read.columns)).reset_index(drop=True),
                                   read_invoices(SAMPLE).sort_values(list(read.columns)).reset_index(drop=True))
 

@@ -45,7 +45,7 @@ def check_known_facts(manifest: Manifest) -> None:
     # of service codes of which 1,577 survive cleaning, ROC AUC 0.740 with horizon 3.
     by_segment = {row["segment"]: row for row in manifest.metric("basket", "rules_by_segment")}
     assert by_segment[-1]["rules"] == 1_196 and by_segment[-1]["baskets"] == 17_626
-    assert manifest.metric("profile", "service_lines_excluded") == 1_577
+    assert manifest.metric("best_sellers", "service_lines_excluded") == 1_577
     assert manifest.metric("propensity", "roc_auc") == pytest.approx(0.7404, abs=0.001)
     assert sum(manifest.metric("rfm", "rfm_segments").values()) == 4_298
 

@@ -22,6 +22,7 @@ from support import BIN, REAL_PARQUET, REPO, SAMPLE, real
 from customer_segments.flows.report import (
     REPORT_FILE, build_report, fmt_money, fmt_pct, render_report, report_context,
 )
+from customer_segments.tasks import catalogue
 from customer_segments.tasks.runtime.manifest import InputInfo, Manifest, StageRecord
 
 SEGMENT = BIN / "segment"
@@ -29,8 +30,10 @@ SCREENSHOTS = REPO / "artifacts" / "test-screenshots"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 
-ALL_SECTIONS = ["run", "segments", "choosing-k", "best-sellers", "basket-rules", "rfm", "propensity",
+ALL_SECTIONS = ["run", "segments", "choosing-k", "best-sellers", "basket-rules", "rfm", "value", "propensity",
                 "migration", "data-quality"]
+# Every stage a user can switch off, by its flag.
+SWITCHES = [stage.switch_flag for stage in catalogue.STAGES if stage.switchable]
 METHODS_OFF_SECTIONS = ["run", "segments", "choosing-k", "best-sellers", "data-quality"]
 MAX_BYTES = 5 * 1024 * 1024
 
@@ -88,8 +91,7 @@ def first_month_report(series) -> Path:
 @pytest.fixture(scope="session")
 def methods_off_report(server_home, tmp_path_factory) -> Path:
     artifacts = tmp_path_factory.mktemp("methods-off")
-    (line,) = segment(server_home, "run", "--input", str(SAMPLE), "--artifacts", str(artifacts), "--no-basket",
-                      "--no-rfm", "--no-propensity", "--no-chaid")
+    (line,) = segment(server_home, "run", "--input", str(SAMPLE), "--artifacts", str(artifacts), *SWITCHES)
     return build_report(Path(line["run_dir"]))
 
 
@@ -163,7 +165,7 @@ def test_methods_off_leaves_their_sections_out_and_says_so(open_report, methods_
     page = open_report(methods_off_report)
     assert page.section_ids() == METHODS_OFF_SECTIONS
     notes = page.page.inner_text(".callout")
-    for flag in ("--no-basket", "--no-rfm", "--no-propensity", "--no-chaid"):
+    for flag in SWITCHES:
         assert flag in notes
     assert "first run of its series" in notes
     # Best sellers without the basket stage: no "other items you might like" column.
@@ -203,6 +205,27 @@ def test_every_image_is_embedded_and_loads(request, open_report, which):
     for image in images:
         assert image["src"] == "data:image/png;base64,"
         assert image["w"] > 0 and image["alt"] and image["width"]
+
+
+def test_the_lifetime_value_section_leads_with_value_at_stake_and_shows_its_check(open_report, full_report):
+    """Rendered offline in Chromium: value per segment first, customers at risk, the model's check, figures."""
+    page = open_report(full_report)
+    section = page.page.locator("section[aria-labelledby=value]")
+    text = section.inner_text()
+    assert text.index("Value at stake per segment") < text.index("How well the model predicts here")
+    for words in ("Customers at high churn risk", "90%:", "Predicted / observed purchases"):
+        assert words.casefold() in text.casefold(), words   # fact labels are set in capitals
+    figures = section.locator("img")
+    assert figures.count() == 3
+    for i in range(figures.count()):
+        assert figures.nth(i).evaluate("i => i.complete && i.naturalWidth > 0")
+    manifest = Manifest.model_validate_json((full_report.parent / "manifest.json").read_text())
+    segments = pd.read_parquet(full_report.parent / "segment_value.parquet")
+    assert fmt_money(segments.loc[segments["grouping"] == "kmeans", "clv_total"].max()) in text
+    assert manifest.stages["clv"].metrics["holdout"]["holdout_months"] >= 1
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    section.screenshot(path=str(SCREENSHOTS / "report-value-section.png"))
+    assert (SCREENSHOTS / "report-value-section.png").stat().st_size > 20_000
 
 
 @pytest.mark.parametrize("which", ["full", "methods_off"])
@@ -265,9 +288,9 @@ def test_references_nothing_outside_the_file(request, which):
     assert "@import" not in html and "url(" not in html
     links = {value for tag, name, value in parsed.urls if tag == "a"}
     docs = {link for link in links if not link.startswith("#")}
-    # The only link out: the Data Docs beside the report, relative.
-    assert docs == {"validation/docs/index.html"}
-    assert (report.parent / "validation" / "docs" / "index.html").is_file()
+    # The only links out: the Data Docs and the customer table beside the report, relative.
+    assert docs == {"validation/docs/index.html", "customers.parquet"}
+    assert all((report.parent / link).is_file() for link in docs)
     # Every in-page link has its target.
     ids = {attrs.get("id") for _, attrs in parsed.tags}
     assert {link[1:] for link in links if link.startswith("#")} <= ids

@@ -13,7 +13,9 @@ from customer_segments.tasks.errors import InputError, ParameterError
 from customer_segments.tasks.segmentation.features import customer_features
 from customer_segments.tasks.inputs.readers import normalize_invoices
 from customer_segments.tasks.segmentation.normalize import normalize_features
-from customer_segments.tasks.segmentation.profile import segment_profiles, top_products
+from customer_segments.tasks.segmentation.orders import orders
+from customer_segments.tasks.segmentation.best_sellers import top_products
+from customer_segments.tasks.segmentation.profile import segment_profiles
 from customer_segments.tasks.segmentation import select_k
 
 CUTOFF = "2011-12-01"
@@ -66,8 +68,17 @@ def test_a_trailing_window_keeps_the_months_before_the_cutoff():
     }
 
 
+def test_orders_are_one_row_per_invoice_with_its_value_lines_and_items():
+    table = orders(clean_invoices(RAW, CUTOFF))
+    assert table["InvoiceNo"].tolist() == ["536392", "536365", "536381"]  # by customer, then date
+    assert table["CustomerID"].tolist() == ["12583", "17850", "17850"]
+    assert table["value"].tolist() == pytest.approx([11.90, 6 * 2.55 + 6 * 3.39, 14.50])
+    assert table["lines"].tolist() == [1, 2, 1] and table["items"].tolist() == [2, 12, 10]
+    assert table["Country"].tolist() == ["France", "United Kingdom", "United Kingdom"]
+
+
 def test_features_per_customer_with_one_order_customers():
-    features = customer_features(clean_invoices(RAW, CUTOFF))
+    features = customer_features(orders(clean_invoices(RAW, CUTOFF)))
     assert features["CustomerID"].tolist() == ["12583", "17850"]
     assert features["TotalSales"].tolist() == pytest.approx([11.90, 50.14])
     assert features["OrderCount"].tolist() == [1, 2]  # two lines of 536365 are one order
@@ -125,9 +136,27 @@ def test_bad_values_name_the_column(column, value, words):
     assert err.value.column == column and words in str(err.value) and "export.csv" in str(err.value)
 
 
-def test_missing_column_names_what_was_found():
-    with pytest.raises(InputError, match="CustomerID.*'Customer ID'"):
-        normalize_invoices(RAW.rename(columns={"CustomerID": "Customer ID"}))
+def test_missing_column_names_what_was_found_and_the_mapping_that_would_help():
+    with pytest.raises(InputError, match="CustomerID not found.*'client'.*--columns CustomerID=client") as err:
+        normalize_invoices(RAW.rename(columns={"CustomerID": "client"}))
+    assert err.value.column == "CustomerID"
+
+
+def test_online_retail_ii_names_are_read_without_a_mapping():
+    renamed = normalize_invoices(RAW.rename(columns={"CustomerID": "Customer ID", "InvoiceNo": "Invoice",
+                                                     "UnitPrice": "Price"}))
+    pd.testing.assert_frame_equal(renamed, RAW)
+    assert renamed.attrs["renamed"] == {"Customer ID": "CustomerID", "Invoice": "InvoiceNo", "Price": "UnitPrice"}
+
+
+def test_a_column_mapping_names_the_files_columns():
+    shop = RAW.rename(columns={"CustomerID": "customer id", "InvoiceDate": "created_at", "InvoiceNo": "order_id"})
+    mapping = {"CustomerID": "customer id", "InvoiceDate": "created_at", "InvoiceNo": "order_id"}
+    pd.testing.assert_frame_equal(normalize_invoices(shop, columns=mapping), RAW)
+    with pytest.raises(InputError, match="maps CustomerID to 'customer'.*did you mean 'customer id'"):
+        normalize_invoices(shop, columns={**mapping, "CustomerID": "customer"})
+    with pytest.raises(InputError, match="maps both CustomerID and InvoiceNo to the file's column 'order_id'"):
+        normalize_invoices(shop, columns={**mapping, "CustomerID": "order_id"})
 
 
 def blobs(seed=0, per=60):

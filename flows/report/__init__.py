@@ -96,17 +96,21 @@ def load_run(run_dir: Path) -> RunFiles:
 # --- the context ----------------------------------------------------------------------------------
 
 def _methods_not_run(m: Manifest) -> list[str]:
-    """Why each stage a user can switch off (--no-basket, ...) is missing from the report."""
+    """Why each stage a user can switch off (--no-basket, ...), or the input cannot feed, is missing."""
     from customer_segments.tasks.catalogue import STAGES
 
     notes = []
     chosen = m.parameters.get("methods")
-    for stage in (s for s in STAGES if s.switchable):
+    for stage in (s for s in STAGES if s.switchable or s.needs_columns):
         label, flag = stage.label or stage.name, stage.switch_flag
         record = m.stages.get(stage.name)
         if record is not None and record.status in ("completed", "cached"):
             continue
-        if record is not None and record.status == "failed":
+        if record is not None and record.status == "skipped":
+            notes.append(f"{label} did not run: {record.reason}.")
+        elif not stage.switchable:
+            continue
+        elif record is not None and record.status == "failed":
             notes.append(f"{label} failed in this run.")
         elif record is not None and record.status == "running":
             notes.append(f"{label} did not finish in this run.")

@@ -56,6 +56,18 @@ def build(m: Manifest) -> dict[str, Any]:
     first, last = m.metric("ingest", "first_invoice"), m.metric("ingest", "last_invoice")
     if first and last:
         facts.insert(3, {"label": "Invoices in the input", "value": f"{fmt_date(first)} to {fmt_date(last)}"})
+    if m.input.query:
+        facts.insert(2, {"label": "Query as sent", "value": m.input.query, "mono": True,
+                         "note": f"{fmt_int(m.input.rows)} lines read into the snapshot {m.input.snapshot}"})
+    customers = next((r.outputs["customers"] for r in m.stages.values() if "customers" in r.outputs), None)
+    if customers is not None:
+        facts.append({"label": "Customer table", "value": customers.file, "href": customers.file, "mono": True,
+                      "note": f"{fmt_int(customers.rows)} customers, one row each, for a CRM: "
+                              f"segment export {m.run_id} --to FILE.csv (or a PostgreSQL table)"})
+    for export in m.exports:
+        facts.append({"label": "Exported to", "value": export["target"], "mono": True,
+                      "note": f"{fmt_int(export.get('rows'))} customers" if export.get("status") == "completed"
+                      else f"failed: {export.get('error')}"})
 
     rows_read = m.metric("ingest", "rows_read", m.input.rows)
     rows_in = m.metric("clean", "rows_in")

@@ -23,14 +23,15 @@ import pandas as pd
 import pyarrow as pa
 
 from customer_segments.tasks.errors import InputError
-from customer_segments.tasks.inputs.readers import COLUMNS, ID_COLUMNS
+from customer_segments.tasks.inputs import columns as column_names
 
 STAGE = "ingest"
 
 # Read as text whatever they look like: ids keep leading zeros ("085123"), dates stay text for
-# parse_invoice_dates (an all-digit date column would otherwise become integers).
-TEXT_COLUMNS = (*ID_COLUMNS, "Description", "InvoiceDate", "Country")
-NUMBER_COLUMNS = ("Quantity", "UnitPrice")
+# parse_invoice_dates (an all-digit date column would otherwise become integers). By the names the
+# columns stand for (a mapped column is read as what it stands for).
+TEXT_COLUMNS = (*column_names.ID_COLUMNS, *column_names.TEXT_COLUMNS, "InvoiceDate")
+NUMBER_COLUMNS = column_names.NUMBER_COLUMNS
 
 SEPARATORS = (",", ";", "\t", "|")  # in order of preference when two split the header equally well
 SNIFF_BYTES = 64 * 1024
@@ -54,13 +55,14 @@ _SLASH_DATE_SHAPE = re.compile(
 # --------------------------------------------------------------------------------------------
 
 
-def read_csv_export(path: Path, encoding: str | None = None) -> pd.DataFrame:
+def read_csv_export(path: Path, encoding: str | None = None, columns: dict[str, str] | None = None) -> pd.DataFrame:
     """The file's table with its header as found (names stripped), ids as text, numbers as numbers.
 
-    The separator comes from the header line, a decimal comma from the UnitPrice values, the
-    encoding is UTF-8 (with or without byte-order mark) unless `encoding` is given. Whatever
-    cannot be settled from the file raises InputError; required columns are checked later, by
-    name, in the ingest stage.
+    The separator comes from the header line, a decimal comma from the UnitPrice (or Sales)
+    values, the encoding is UTF-8 (with or without byte-order mark) unless `encoding` is given.
+    `columns` is the column mapping: which of the file's columns stands for which name (see
+    columns.py). Whatever cannot be settled from the file raises InputError; required columns
+    are checked later, by name, in the ingest stage.
     """
     path = Path(path)
     try:
@@ -91,7 +93,8 @@ def read_csv_export(path: Path, encoding: str | None = None) -> pd.DataFrame:
     if header_index is None:
         raise InputError(path, STAGE, None, "the file holds no table (no header row)")
     header = lines[header_index].rstrip("\r").lstrip("\ufeff")
-    sep = hint.group(1) if hint else _separator(path, header)
+    known = frozenset(column_names.NAMES) | set(column_names.ONLINE_RETAIL_II) | set((columns or {}).values())
+    sep = hint.group(1) if hint else _separator(path, header, known)
 
     options = dict(
         sep=sep, skiprows=header_index, encoding=codec, encoding_errors="strict",
@@ -103,10 +106,11 @@ def read_csv_export(path: Path, encoding: str | None = None) -> pd.DataFrame:
         names = pd.read_csv(path, nrows=0, **options).columns
         expected = len(names)
         stripped = {name: _clean_name(name) for name in names}
+        meaning = _meanings(list(stripped.values()), columns, path)
         text_columns = TEXT_COLUMNS if sep == "," else TEXT_COLUMNS + NUMBER_COLUMNS
         # Text columns are read as arrow strings and then cast to pandas' "str": identical
         # result, but several times faster than dtype="str", which goes through Python objects.
-        as_text = {raw for raw, name in stripped.items() if name in text_columns}
+        as_text = {raw for raw, name in stripped.items() if meaning.get(name) in text_columns}
         dtype = {raw: pd.ArrowDtype(pa.large_string()) for raw in as_text}
         _check_field_counts(path, sep, codec, header_index, expected)
         df = pd.read_csv(path, dtype=dtype, **options)
@@ -121,8 +125,16 @@ def read_csv_export(path: Path, encoding: str | None = None) -> pd.DataFrame:
     df.columns = [stripped[c] for c in df.columns]
 
     if sep != "," and len(df):
-        _read_numbers(df, path)
+        _read_numbers(df, path, meaning)
     return df
+
+
+def _meanings(header: list, columns: dict[str, str] | None, path: Path) -> dict:
+    """{file column: the name it stands for}; a mapping error waits for the ingest stage's check."""
+    try:
+        return column_names.resolve(header, columns, path)
+    except InputError:
+        return column_names.resolve(header, None, path)
 
 
 def _codec(path: Path, encoding: str | None, head: bytes) -> str:
@@ -148,11 +160,11 @@ def _clean_name(name) -> object:
     return name.strip().removeprefix("\ufeff").removeprefix("ï»¿").strip()
 
 
-def _separator(path: Path, header: str) -> str:
-    """The candidate splitting the header into the most required names (then most fields)."""
+def _separator(path: Path, header: str, known: frozenset[str] = frozenset(column_names.NAMES)) -> str:
+    """The candidate splitting the header into the most known names (then most fields)."""
     def score(sep: str) -> tuple[int, int, int]:
-        names = _split(header, sep)
-        return (sum(n in COLUMNS for n in names), len(names), -SEPARATORS.index(sep))
+        fields = _split(header, sep)
+        return (sum(n in known for n in fields), len(fields), -SEPARATORS.index(sep))
 
     best = max(SEPARATORS, key=score)
     if score(best)[1] > 1:
@@ -166,7 +178,7 @@ def _separator(path: Path, header: str) -> str:
     # Another character that does split it tells the user what the file really is.
     others = {c for c in header if not (c.isalnum() or c in "_\"'")}
     found = max(
-        ((sum(n in COLUMNS for n in _split(header, c)), c) for c in others), default=(0, ""),
+        ((sum(n in known for n in _split(header, c)), c) for c in others), default=(0, ""),
     )
     if found[0] >= 2:
         problem += f"; the file seems to use '{found[1]}' as separator"
@@ -382,21 +394,23 @@ def _decode_error(path: Path, codec: str, given: bool) -> InputError:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_numbers(df: pd.DataFrame, path: Path) -> None:
-    """Convert Quantity and UnitPrice, read as text, in place: decimal comma or point.
+def _read_numbers(df: pd.DataFrame, path: Path, meaning: dict) -> None:
+    """Convert Quantity, UnitPrice and Sales, read as text, in place: decimal comma or point.
 
     Only for files not separated by ',' (a ',' file cannot have unquoted decimal commas). The
     whole column decides, not a sample: a "2.55" after a million "2,55" would otherwise be read
-    as 255 by a thousands-separator-aware parser.
+    as 255 by a thousands-separator-aware parser. The prices (or else the line values) decide
+    for the file.
     """
-    comma = False
-    if "UnitPrice" in df.columns and _is_text(df["UnitPrice"]):
-        comma = _decimal_comma(df["UnitPrice"], path)
+    column_of = {name: column for column, name in meaning.items() if column in df.columns}
+    decider = next((n for n in ("UnitPrice", column_names.SALES) if n in column_of and _is_text(df[column_of[n]])), None)
+    comma = _decimal_comma(df[column_of[decider]], path) if decider else False
     for name in NUMBER_COLUMNS:
-        if name in df.columns and _is_text(df[name]):
-            col = df[name]
-            use_comma = comma or (name != "UnitPrice" and _decimal_comma(col, path, strict=False))
-            df[name] = _to_numbers(col, use_comma)
+        column = column_of.get(name)
+        if column is not None and _is_text(df[column]):
+            col = df[column]
+            use_comma = comma or (name != decider and _decimal_comma(col, path, strict=False))
+            df[column] = _to_numbers(col, use_comma)
 
 
 def _is_text(col: pd.Series) -> bool:

@@ -1,8 +1,10 @@
 """Ingest: read an invoice export (xlsx, csv, parquet or a folder of them) into typed columns.
 
 Reading is I/O and lives here with the one pure step that matters, `normalize_invoices`, which
-turns whatever the file format produced into the canonical raw_invoices types. Excel stores
-all-digit ids as numbers (536365, 17850.0), so every id column is normalised to plain strings.
+names the columns as the product does (tasks/inputs/columns.py: the column mapping) and turns
+whatever the file format produced into the raw_invoices types. Excel stores all-digit ids as
+numbers (536365, 17850.0), so every id column is normalised to plain strings. An export without
+invoice numbers (one line per order) gets one per line.
 """
 
 from __future__ import annotations
@@ -13,19 +15,10 @@ import numpy as np
 import pandas as pd
 
 from customer_segments.tasks.errors import InputError
+from customer_segments.tasks.inputs import columns as names
+from customer_segments.tasks.inputs.columns import CANONICAL as COLUMNS
+from customer_segments.tasks.inputs.columns import ID_COLUMNS, TEXT_COLUMNS
 
-COLUMNS = (
-    "InvoiceNo",
-    "StockCode",
-    "Description",
-    "Quantity",
-    "InvoiceDate",
-    "UnitPrice",
-    "CustomerID",
-    "Country",
-)
-ID_COLUMNS = ("InvoiceNo", "StockCode", "CustomerID")
-TEXT_COLUMNS = ("Description", "Country")
 PREFERRED_SHEET = "Online Retail"
 READABLE_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".csv", ".parquet")
 
@@ -55,16 +48,27 @@ def input_files(path: Path) -> list[Path]:
     return [path]
 
 
-def read_invoices(input_path: Path | str, encoding: str | None = None, date_format: str | None = None) -> pd.DataFrame:
+def read_invoices(input_path: Path | str, encoding: str | None = None, date_format: str | None = None,
+                  columns: dict[str, str] | None = None) -> pd.DataFrame:
     """Read and normalise one export file or a folder of them (concatenated in name order).
 
     `encoding` and `date_format` apply to CSV files (see csv_export); other formats carry both.
+    `columns` maps the product's names to the file's ({canonical: source}, see columns.py).
     """
     path = Path(input_path)
-    frames = [normalize_invoices(*_read_table(f, encoding), date_format=date_format) for f in input_files(path)]
-    if len(frames) == 1:
-        return frames[0]
-    return drop_repeats_across_files(frames)
+    frames = [normalize_invoices(*_read_table(f, encoding, columns), date_format=date_format, columns=columns)
+              for f in input_files(path)]
+    raw = frames[0] if len(frames) == 1 else drop_repeats_across_files(frames)
+    return numbered(raw) if "InvoiceNo" not in raw.columns else raw
+
+
+def numbered(raw: pd.DataFrame, prefix: str = "L") -> pd.DataFrame:
+    """An export without invoice numbers: each line is one order, numbered L1, L2, ... in file order."""
+    numbers = pd.Series(np.arange(1, len(raw) + 1), index=raw.index).astype("str")
+    out = raw.copy()
+    out.insert(0, "InvoiceNo", (prefix + numbers).astype("str"))
+    out.attrs = dict(raw.attrs, generated_invoice_numbers=True)
+    return out
 
 
 def drop_repeats_across_files(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -79,14 +83,14 @@ def drop_repeats_across_files(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """
     lines = pd.concat(frames, ignore_index=True)
     file = np.repeat(np.arange(len(frames)), [len(f) for f in frames])
-    key = pd.util.hash_pandas_object(lines[list(COLUMNS)], index=False).to_numpy()
+    key = pd.util.hash_pandas_object(lines[[c for c in names.NAMES if c in lines.columns]], index=False).to_numpy()
     counts = pd.DataFrame({"key": key, "file": file}).groupby(["key", "file"], sort=False).size().rename("n").reset_index()
     keeper = counts.sort_values(["key", "n", "file"], kind="stable").drop_duplicates("key", keep="last")
     kept_file = pd.Series(keeper["file"].to_numpy(), index=keeper["key"].to_numpy())
     keep = kept_file.reindex(key).to_numpy() == file
     out = lines.loc[keep].reset_index(drop=True)
     # For the stage's metrics only (Parquet does not keep attrs): what was read before dropping.
-    out.attrs = {"rows_read": len(lines), "files": len(frames)}
+    out.attrs = {**frames[0].attrs, "rows_read": len(lines), "files": len(frames)}
     return out
 
 
@@ -95,9 +99,10 @@ def ingest_metrics(frames, params) -> dict:
 
     The newest invoice fixes the default as-of month.
     """
-    dates = frames["raw_invoices"]["InvoiceDate"]
+    raw = frames["raw_invoices"]
+    dates = raw["InvoiceDate"]
     first, last = dates.min(), dates.max()
-    read = frames["raw_invoices"].attrs
+    read = raw.attrs
     rows_read = read.get("rows_read", len(dates))
     return {
         "files": read.get("files", 1),
@@ -106,10 +111,21 @@ def ingest_metrics(frames, params) -> dict:
         "rows_raw": len(dates),
         "first_invoice": None if pd.isna(first) else pd.Timestamp(first).isoformat(),
         "last_invoice": None if pd.isna(last) else pd.Timestamp(last).isoformat(),
+        **column_facts(raw.columns, read),
     }
 
 
-def _read_table(path: Path, encoding: str | None = None) -> tuple[pd.DataFrame, str]:
+def column_facts(present, attrs) -> dict:
+    """Which of the product's columns the export has, and what ingest named or made for it."""
+    found = [c for c in names.NAMES if c in set(present)]
+    facts = {"input_columns": found, "renamed_columns": attrs.get("renamed", {})}
+    if attrs.get("generated_invoice_numbers"):
+        facts["generated_invoice_numbers"] = True
+    return facts
+
+
+def _read_table(path: Path, encoding: str | None = None,
+                columns: dict[str, str] | None = None) -> tuple[pd.DataFrame, str]:
     """The file's table and how to name where it came from in an error message."""
     if path.stat().st_size == 0:
         raise InputError(path, STAGE, None, "the file is empty (0 bytes)")
@@ -120,7 +136,7 @@ def _read_table(path: Path, encoding: str | None = None) -> tuple[pd.DataFrame, 
         if suffix == ".csv":
             from customer_segments.tasks.inputs.csv_export import read_csv_export
 
-            return read_csv_export(path, encoding=encoding), str(path)
+            return read_csv_export(path, encoding=encoding, columns=columns), str(path)
         return _read_excel(path)
     except InputError:
         raise
@@ -167,40 +183,40 @@ def _read_excel(path: Path) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(rows[1:], columns=header), label
 
 
-def normalize_invoices(df: pd.DataFrame, source: Path | str = "input", date_format: str | None = None) -> pd.DataFrame:
-    """Give the eight invoice columns their canonical types; other columns pass through.
+def normalize_invoices(df: pd.DataFrame, source: Path | str = "input", date_format: str | None = None,
+                       columns: dict[str, str] | None = None) -> pd.DataFrame:
+    """Name the columns as the product does and give them their types; other columns pass through.
 
     Pure: the raw_invoices quality suite then judges the content (nulls, ranges, extra columns).
-    Columns are matched by name, so their order does not matter.
+    Columns are matched by name (or by the `columns` mapping), so their order does not matter.
+    An export without StockCode, Description, Country, Quantity or UnitPrice has no such column
+    (not an empty one); one with Sales (a line's value) keeps it.
     """
     if len(df.columns) == 0:
         raise InputError(source, STAGE, None, "the file holds no table (no columns)")
     # Positions, not index labels: a reader's index (a filtered frame's) must not realign rows.
-    df = df.reset_index(drop=True).rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        found = ", ".join(repr(str(c)) for c in df.columns[:12])
-        raise InputError(
-            source, STAGE, missing[0],
-            f"required column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-            f"not found; the file has columns {found}",
-        )
+    df = df.reset_index(drop=True)
+    resolved = names.resolve(df.columns, columns, source)
+    names.check_minimal(resolved.values(), df.columns, source)
     out = {}
-    for name in df.columns:
-        col = df[name]
+    for column in df.columns:
+        col = df[column]
+        name = resolved.get(column, column.strip() if isinstance(column, str) else column)
         if name in ID_COLUMNS:
             out[name] = _id_strings(col)
         elif name in TEXT_COLUMNS:
             out[name] = col.astype("str")
         elif name == "Quantity":
             out[name] = _whole_numbers(col, source)
-        elif name == "UnitPrice":
+        elif name in ("UnitPrice", names.SALES):
             out[name] = _numbers(col, source, name).astype("float64")
         elif name == "InvoiceDate":
             out[name] = _timestamps(col, source, date_format)
         else:
             out[name] = col
-    return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+    frame = pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+    frame.attrs = {"renamed": {str(c): n for c, n in resolved.items() if str(c) != n}}
+    return frame
 
 
 def _id_strings(col: pd.Series) -> pd.Series:
@@ -261,7 +277,8 @@ def _sample(values: pd.Series, n: int = 5) -> str:
 # --- the dask twin: the same on a dask.distributed cluster (the dask engine) --------------------
 
 
-def read_invoices_dask(input_path: Path | str, encoding: str | None = None, date_format: str | None = None):
+def read_invoices_dask(input_path: Path | str, encoding: str | None = None, date_format: str | None = None,
+                       columns: dict[str, str] | None = None):
     """The dask twin of read_invoices: one export file or a folder of them as a dask DataFrame of normalised invoice lines.
 
     Parquet files are read in row-group partitions; a CSV or Excel file is one partition. Lines
@@ -270,29 +287,41 @@ def read_invoices_dask(input_path: Path | str, encoding: str | None = None, date
     """
 
     files = input_files(Path(input_path))
-    frames = [_file_frame(f, encoding, date_format) for f in files]
-    if len(frames) == 1:
-        return frames[0]
-    return _without_repeats(frames)
+    frames = [_file_frame(f, encoding, date_format, columns) for f in files]
+    raw = frames[0] if len(frames) == 1 else _without_repeats(frames)
+    attrs = dict(frames[0]._meta.attrs, repeats=_REPEATS_DROPPED.pop(raw._name, 0))
+    if "InvoiceNo" not in raw.columns:
+        # One line per order: numbered per partition (a prefix per partition keeps them unique).
+        raw = raw.map_partitions(_numbered_part, meta=numbered(raw._meta))
+        attrs = dict(attrs, generated_invoice_numbers=True)
+    _READ_FACTS[raw._name] = attrs
+    return raw
 
 
-def _file_frame(path: Path, encoding: str | None, date_format: str | None):
+def _numbered_part(part: pd.DataFrame, partition_info=None) -> pd.DataFrame:
+    number = (partition_info or {}).get("number", 0)
+    return numbered(part, prefix=f"L{number}-")
+
+
+def _file_frame(path: Path, encoding: str | None, date_format: str | None, columns: dict[str, str] | None):
     import dask.dataframe as dd
 
     if path.suffix.lower() == ".parquet":
         raw = dd.read_parquet(str(path), index=False)
-        return raw.map_partitions(_normalized_part, str(path), date_format,
-                                  meta=normalize_invoices(_drop_index_columns(raw._meta), str(path)))
+        return raw.map_partitions(_normalized_part, str(path), date_format, columns,
+                                  meta=normalize_invoices(_drop_index_columns(raw._meta), str(path), columns=columns))
     # CSV and Excel: the pandas engine's readers, one partition per file.
-    return dd.from_map(_read_whole, [path], encoding=encoding, date_format=date_format)
+    return dd.from_map(_read_whole, [path], encoding=encoding, date_format=date_format, columns=columns)
 
 
-def _read_whole(path: Path, encoding: str | None = None, date_format: str | None = None) -> pd.DataFrame:
-    return normalize_invoices(*_read_table(path, encoding), date_format=date_format)
+def _read_whole(path: Path, encoding: str | None = None, date_format: str | None = None,
+                columns: dict[str, str] | None = None) -> pd.DataFrame:
+    return normalize_invoices(*_read_table(path, encoding, columns), date_format=date_format, columns=columns)
 
 
-def _normalized_part(part: pd.DataFrame, source: str, date_format: str | None) -> pd.DataFrame:
-    return normalize_invoices(_drop_index_columns(part), source, date_format=date_format)
+def _normalized_part(part: pd.DataFrame, source: str, date_format: str | None,
+                     columns: dict[str, str] | None = None) -> pd.DataFrame:
+    return normalize_invoices(_drop_index_columns(part), source, date_format=date_format, columns=columns)
 
 
 def _drop_index_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -300,9 +329,11 @@ def _drop_index_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=[c for c in frame.columns if str(c).startswith("__index_level_")])
 
 
-# Lines dropped as repeats across files, by the name of the dask frame they were dropped from: the
-# ingest metrics (computed in the same process, on the same frame) report them.
+# Lines dropped as repeats across files, by the name of the dask frame they were dropped from, and
+# what ingest named or made of the columns, by the name of the frame it returned: the ingest
+# metrics (computed in the same process, on the same frame) report them.
 _REPEATS_DROPPED: dict[str, int] = {}
+_READ_FACTS: dict[str, dict] = {}
 
 
 def _invoice_hashes(numbers: pd.Series) -> np.ndarray:
@@ -353,7 +384,9 @@ def ingest_metrics_dask(frames, params) -> dict:
     raw = frames["raw_invoices"]
     rows, first, last = dask.compute(raw.shape[0], raw["InvoiceDate"].min(), raw["InvoiceDate"].max())
     files = len(input_files(Path(params["input_path"])))
-    repeats = _REPEATS_DROPPED.get(raw._name, 0)
+    read = _READ_FACTS.get(raw._name, {})
+    repeats = read.get("repeats", 0)
     return {"files": files, "rows_read": int(rows) + repeats, "repeated_across_files": repeats, "rows_raw": int(rows),
             "first_invoice": None if pd.isna(first) else pd.Timestamp(first).isoformat(),
-            "last_invoice": None if pd.isna(last) else pd.Timestamp(last).isoformat()}
+            "last_invoice": None if pd.isna(last) else pd.Timestamp(last).isoformat(),
+            **column_facts(raw.columns, read)}

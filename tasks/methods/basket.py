@@ -239,6 +239,67 @@ def recommendations(rules: pd.DataFrame, top_products: pd.DataFrame, per_product
     return merged[columns].astype({c: RECOMMENDATION_DTYPES[c] for c in columns}).reset_index(drop=True)
 
 
+PER_CUSTOMER = 3
+# Customers are matched against their segment's rules this many at a time: the join of their
+# items with the rules' antecedents stays bounded whatever the number of customers.
+CUSTOMER_BLOCK = 20_000
+
+
+def customer_recommendations(lines: pd.DataFrame, labels: pd.DataFrame, rules: pd.DataFrame,
+                             top_products: pd.DataFrame, per_customer: int = PER_CUSTOMER) -> pd.DataFrame:
+    """Up to `per_customer` items for each customer: long form (CustomerID, rank, StockCode, Description, source).
+
+    First the consequents of their segment's single-consequent rules whose antecedents they all
+    bought and whose consequent they did not, strongest lift first (then confidence, support,
+    code; each item once); then, to fill up, their segment's best sellers they have not bought,
+    best first. `lines` are product lines (CustomerID, StockCode).
+    """
+    columns = {"CustomerID": "str", "rank": "int64", "StockCode": "str", "Description": "str", "source": "str"}
+    bought = lines[["CustomerID", "StockCode"]].dropna().drop_duplicates()
+    bought = bought.merge(labels[["CustomerID", "segment"]], on="CustomerID", how="inner", validate="many_to_one")
+    single = rules[(rules["segment"] >= 0) & ~rules["consequents"].str.contains(SEPARATOR, regex=False)]
+    single = _sort_by_strength(single.reset_index(drop=True), ["segment"], "consequents").reset_index(drop=True)
+    single["rule"] = np.arange(len(single))
+    parts = single.assign(StockCode=single["antecedents"].str.split(SEPARATOR, regex=False)).explode("StockCode")
+    parts = parts[["segment", "rule", "StockCode", "antecedent_size"]]
+    picks = []
+    customers = bought["CustomerID"].drop_duplicates().sort_values(kind="stable").to_numpy()
+    for start in range(0, len(customers), CUSTOMER_BLOCK):  # blocks of customers, not rows
+        block = bought[bought["CustomerID"].isin(customers[start:start + CUSTOMER_BLOCK])]
+        hits = block.merge(parts, on=["segment", "StockCode"], how="inner")
+        counts = hits.groupby(["CustomerID", "rule"], sort=False).size().rename("n").reset_index()
+        counts = counts.merge(single[["rule", "antecedent_size", "consequents"]], on="rule", how="left")
+        applies = counts[counts["n"] == counts["antecedent_size"]][["CustomerID", "rule", "consequents"]]
+        owned = applies.merge(block[["CustomerID", "StockCode"]], left_on=["CustomerID", "consequents"],
+                              right_on=["CustomerID", "StockCode"], how="left", indicator=True)
+        fresh = owned[owned["_merge"] == "left_only"].sort_values(["CustomerID", "rule"], kind="stable")
+        fresh = fresh.drop_duplicates(["CustomerID", "consequents"])
+        picks.append(fresh[["CustomerID", "consequents", "rule"]].rename(columns={"consequents": "StockCode"}))
+    from_rules = (pd.concat(picks, ignore_index=True) if picks else pd.DataFrame(columns=["CustomerID", "StockCode", "rule"]))
+    from_rules = from_rules.groupby("CustomerID", sort=False).head(per_customer).assign(source="basket rule")
+    # Fill up with the segment's best sellers the customer has not bought (nor been given already).
+    best = top_products[["segment", "rank", "StockCode"]]
+    chosen = labels[["CustomerID", "segment"]].merge(best, on="segment", how="inner")
+    taken = pd.concat([bought[["CustomerID", "StockCode"]], from_rules[["CustomerID", "StockCode"]]])
+    chosen = chosen.merge(taken.drop_duplicates(), on=["CustomerID", "StockCode"], how="left", indicator=True)
+    chosen = chosen[chosen["_merge"] == "left_only"].sort_values(["CustomerID", "rank"], kind="stable")
+    have = from_rules.groupby("CustomerID").size()
+    chosen["room"] = per_customer - chosen["CustomerID"].map(have).fillna(0).astype("int64")
+    chosen = chosen[chosen.groupby("CustomerID").cumcount() < chosen["room"]].assign(source="best seller")
+    both = pd.concat([from_rules.assign(order=0, key=from_rules.get("rule", 0)),
+                      chosen.assign(order=1, key=chosen["rank"])], ignore_index=True)
+    both = both.sort_values(["CustomerID", "order", "key"], kind="stable")
+    both["rank"] = both.groupby("CustomerID").cumcount() + 1
+    names = product_names(lines) if "Description" in lines.columns else None
+    out = both[["CustomerID", "rank", "StockCode", "source"]].reset_index(drop=True)
+    if names is not None:
+        out = out.merge(names, on="StockCode", how="left", validate="many_to_one")
+    else:
+        out["Description"] = pd.NA
+    out["Description"] = out["Description"].astype("str").str.strip()
+    return out[list(columns)].astype(columns).reset_index(drop=True)
+
+
 def rules_metrics(rules: pd.DataFrame) -> dict:
     """For the run manifest: rules in all, and rules and baskets of each group that has rules.
 
@@ -372,19 +433,26 @@ def _shortened(text: pd.Series, width: int) -> pd.Series:
 
 def basket_stage(clean: pd.DataFrame, labels: pd.DataFrame, *, service_codes: list[dict] | None,
                  basket_min_support: float, basket_min_baskets: int, basket_min_lift: float, basket_max_len: int
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """The basket stage: rules per segment and for all customers, the recommendations, the chart.
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """The basket stage: rules per segment and for all customers, the recommendations per best
+    seller and per customer, the chart.
 
-    The best sellers are ranked here as the profile stage ranks them (the same function on the
-    same lines), so that the stage needs only the segments and can start as soon as they exist.
+    The best sellers are ranked here as the best_sellers stage ranks them (the same function on
+    the same lines), so that the stage needs only the segments and can start as soon as they exist.
     """
-    from customer_segments.tasks.segmentation.profile import top_products
+    from customer_segments.tasks.segmentation.best_sellers import top_products
 
     codes = pd.DataFrame(service_codes) if service_codes else None
     rules = basket_rules(clean, labels, codes, basket_min_support, basket_min_baskets, basket_max_len, basket_min_lift)
     best = top_products(clean, labels, service_codes=codes)
-    return rules, recommendations(rules, best), {"basket_top_rules": top_rules_plot(rules)}
+    per_customer = customer_recommendations(product_lines(clean, codes), labels, rules, best)
+    return rules, recommendations(rules, best), per_customer, {"basket_top_rules": top_rules_plot(rules)}
 
 
 def basket_metrics(frames, params) -> dict:
-    return rules_metrics(frames["basket_rules"]) | {"recommendations": len(frames["recommendations"])}
+    per_customer = frames["customer_recommendations"]
+    return rules_metrics(frames["basket_rules"]) | {
+        "recommendations": len(frames["recommendations"]),
+        "customers_with_recommendations": int(per_customer["CustomerID"].nunique()),
+        "customer_recommendations_from_rules": int((per_customer["source"] == "basket rule").sum()),
+    }

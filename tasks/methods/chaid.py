@@ -199,9 +199,12 @@ def rule_words(conditions: list[tuple[str, list]], edges: dict, every_country: s
     return " and ".join(words) if words else "all customers"
 
 
-def customer_country(clean: pd.DataFrame) -> pd.DataFrame:
-    """Each customer's most frequent Country over its lines (ties: alphabetically first)."""
-    counts = clean.groupby(["CustomerID", "Country"], sort=True, observed=True).size().rename("lines").reset_index()
+def customer_country(orders: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's most frequent Country over its lines (ties: alphabetically first), from the
+    orders (each weighted by its lines); none when the export has no countries."""
+    if "Country" not in orders.columns:
+        return pd.DataFrame({"CustomerID": pd.Series(dtype="str"), "Country": pd.Series(dtype="str")})
+    counts = orders.groupby(["CustomerID", "Country"], sort=True, observed=True)["lines"].sum().reset_index()
     counts = counts.sort_values(["CustomerID", "lines", "Country"], ascending=[True, False, True], kind="stable")
     return counts.drop_duplicates("CustomerID")[["CustomerID", "Country"]].reset_index(drop=True)
 
@@ -224,27 +227,27 @@ def chaid_table(features: pd.DataFrame, target: pd.Series, countries: pd.DataFra
     return table.sort_values("CustomerID", kind="stable").reset_index(drop=True)
 
 
-def repurchase_table(clean: pd.DataFrame, cutoff: pd.Timestamp | str, horizon: int) -> pd.DataFrame:
+def repurchase_table(orders: pd.DataFrame, cutoff: pd.Timestamp | str, horizon: int) -> pd.DataFrame:
     """Target `repurchased`: the propensity training snapshot (features and Country before T_train)."""
     cutoff = pd.Timestamp(cutoff)
     _, t_train = snapshot_dates(cutoff, horizon)
-    clean = clean.loc[(clean["InvoiceDate"] < cutoff).to_numpy()]
-    train = snapshot(clean, t_train, label_end=cutoff)
-    before = clean.loc[(clean["InvoiceDate"] < t_train).to_numpy()]
+    orders = orders.loc[(orders["InvoiceDate"] < cutoff).to_numpy()]
+    train = snapshot(orders, t_train, label_end=cutoff)
+    before = orders.loc[(orders["InvoiceDate"] < t_train).to_numpy()]
     target = train.set_index("CustomerID")["label"].rename("repurchased")
     return chaid_table(train, target, customer_country(before))
 
 
-def high_value_table(rfm: pd.DataFrame, labels: pd.DataFrame, clean: pd.DataFrame) -> pd.DataFrame:
+def high_value_table(rfm: pd.DataFrame, labels: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame:
     """Target `high_value`: 1 for the most valuable k-means segment (segment == 0); RFM as of the cutoff."""
     target = labels.set_index("CustomerID")["segment"].eq(0).astype("int64").rename("high_value")
-    return chaid_table(rfm, target, customer_country(clean))
+    return chaid_table(rfm, target, customer_country(orders))
 
 
 TARGETS = ("repurchase", "segment")
 
 
-def chaid_stage(clean: pd.DataFrame, labels: pd.DataFrame, *, cutoff, horizon: int, chaid_target: str,
+def chaid_stage(orders: pd.DataFrame, labels: pd.DataFrame, *, cutoff, horizon: int, chaid_target: str,
                 chaid_max_depth: int, chaid_min_parent: int, chaid_min_child: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The chaid stage: a tree explaining repurchase within the horizon (the propensity target, from
     the training snapshot), or membership of the high-value segment (`chaid_target="segment"`)."""
@@ -253,9 +256,9 @@ def chaid_stage(clean: pd.DataFrame, labels: pd.DataFrame, *, cutoff, horizon: i
     if chaid_target not in TARGETS:
         raise ParameterError(STAGE, f"--chaid-target must be one of {', '.join(TARGETS)}, got {chaid_target!r}")
     if chaid_target == "repurchase":
-        table, target = repurchase_table(clean, cutoff, horizon), "repurchased"
+        table, target = repurchase_table(orders, cutoff, horizon), "repurchased"
     else:
-        table, target = high_value_table(rfm_values(clean, cutoff), labels, clean), "high_value"
+        table, target = high_value_table(rfm_values(orders, cutoff), labels, orders), "high_value"
     if len(table) < chaid_min_parent or table[target].nunique() < 2:
         # Too little history (early in a series, or a short window) or nothing to explain: the
         # run goes on with no leaves, and the manifest says why.

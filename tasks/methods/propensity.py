@@ -61,24 +61,24 @@ def snapshot_dates(cutoff: pd.Timestamp | str, horizon: int) -> tuple[pd.Timesta
     return cutoff - pd.DateOffset(months=2 * horizon), cutoff - pd.DateOffset(months=horizon)
 
 
-def snapshot(clean: pd.DataFrame, at: pd.Timestamp | str, horizon_months: int | None = None,
+def snapshot(orders: pd.DataFrame, at: pd.Timestamp | str, horizon_months: int | None = None,
              *, label_end: pd.Timestamp | str | None = None) -> pd.DataFrame:
-    """Features of every customer with a line before `at`, from those lines only; and the label.
+    """Features of every customer with an order before `at`, from those orders only; and the label.
 
-    label = 1 when the customer has a line in [at, label_end), label_end defaulting to `at`
+    label = 1 when the customer has an order in [at, label_end), label_end defaulting to `at`
     plus `horizon_months` calendar months. Without either (the scoring snapshot, whose future
     is unknown) there is no label column.
     """
     at = pd.Timestamp(at)
-    features = rfm_values(clean, at)
+    features = rfm_values(orders, at)
     features["TotalSales"] = features["monetary"]
     features["OrderCount"] = features["frequency"]
     features["AvgOrderValue"] = features["monetary"] / features["frequency"]
     if horizon_months is None and label_end is None:
         return features
     end = pd.Timestamp(label_end) if label_end is not None else at + pd.DateOffset(months=horizon_months)
-    dates = clean["InvoiceDate"]
-    buyers = clean.loc[((dates >= at) & (dates < end)).to_numpy(), "CustomerID"].unique()
+    dates = orders["InvoiceDate"]
+    buyers = orders.loc[((dates >= at) & (dates < end)).to_numpy(), "CustomerID"].unique()
     features["label"] = features["CustomerID"].isin(buyers).astype("int64")
     return features
 
@@ -178,7 +178,7 @@ def coefficient_table(model) -> pd.DataFrame:
     })
 
 
-def propensity(clean: pd.DataFrame, cutoff: pd.Timestamp | str, horizon: int
+def propensity(orders: pd.DataFrame, cutoff: pd.Timestamp | str, horizon: int
                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(scores, deciles, coefficients).
 
@@ -191,19 +191,19 @@ def propensity(clean: pd.DataFrame, cutoff: pd.Timestamp | str, horizon: int
       propensity_facts for why).
     coefficients: feature, coefficient, odds_ratio, with the intercept last.
 
-    Lines on or after the cutoff are dropped first, so nothing later can reach any output.
+    Orders on or after the cutoff are dropped first, so nothing later can reach any output.
     """
     cutoff = pd.Timestamp(cutoff)
     t_fit, t_train = snapshot_dates(cutoff, horizon)
-    clean = clean.loc[(clean["InvoiceDate"] < cutoff).to_numpy()]
-    train = snapshot(clean, t_train, label_end=cutoff)
+    orders = orders.loc[(orders["InvoiceDate"] < cutoff).to_numpy()]
+    train = snapshot(orders, t_train, label_end=cutoff)
     reason = unusable(train, f"T_train ({t_train.date()})")
     if reason:
         raise ParameterError(
             STAGE, f"cannot train the {horizon}-month repurchase model: {reason}; "
             "it needs more history before the cutoff or a shorter horizon",
         )
-    current = snapshot(clean, cutoff)
+    current = snapshot(orders, cutoff)
     model = fit_model(train)
 
     scores = current[["CustomerID"]].copy()
@@ -216,7 +216,7 @@ def propensity(clean: pd.DataFrame, cutoff: pd.Timestamp | str, horizon: int
     scores["repurchased"] = repurchased
     scores["holdout_probability"] = np.nan
 
-    fit = snapshot(clean, t_fit, label_end=t_train)
+    fit = snapshot(orders, t_fit, label_end=t_train)
     if holdout_note(fit, train, t_fit, t_train) is None:
         holdout = predict(fit_model(fit), train)
         scores.loc[known, "holdout_probability"] = holdout[position[known]]
@@ -226,9 +226,9 @@ def propensity(clean: pd.DataFrame, cutoff: pd.Timestamp | str, horizon: int
     return scores.reset_index(drop=True), deciles, coefficient_table(model)
 
 
-def propensity_facts(clean: pd.DataFrame, scores: pd.DataFrame, deciles: pd.DataFrame,
+def propensity_facts(orders: pd.DataFrame, scores: pd.DataFrame, deciles: pd.DataFrame,
                      cutoff: pd.Timestamp | str, horizon: int) -> dict:
-    """The run's facts from propensity's outputs (and the snapshot sizes, recounted from `clean`).
+    """The run's facts from propensity's outputs (and the snapshot sizes, recounted from `orders`).
 
     fit_*: the T_fit snapshot (trains the holdout model); train_*: the T_train snapshot (trains
     the scoring model); holdout_*: the customers the holdout metrics are measured on (the
@@ -239,9 +239,9 @@ def propensity_facts(clean: pd.DataFrame, scores: pd.DataFrame, deciles: pd.Data
 
     cutoff = pd.Timestamp(cutoff)
     t_fit, t_train = snapshot_dates(cutoff, horizon)
-    clean = clean.loc[(clean["InvoiceDate"] < cutoff).to_numpy()]
-    fit = snapshot(clean, t_fit, label_end=t_train)
-    train = snapshot(clean, t_train, label_end=cutoff)
+    orders = orders.loc[(orders["InvoiceDate"] < cutoff).to_numpy()]
+    fit = snapshot(orders, t_fit, label_end=t_train)
+    train = snapshot(orders, t_train, label_end=cutoff)
     untrained = unusable(train, f"T_train ({t_train.date()})")
     note = (f"no model: {untrained}; it needs more history before the cutoff or a shorter horizon"
             if untrained else holdout_note(fit, train, t_fit, t_train))
@@ -308,11 +308,11 @@ def gains_chart(deciles: pd.DataFrame):
 
 def propensity_metrics(frames, params) -> dict:
     """ROC AUC and top-decile lift on the time-split holdout, with the snapshots' sizes."""
-    return propensity_facts(frames["clean_invoices"], frames["propensity_scores"], frames["propensity_deciles"],
+    return propensity_facts(frames["orders"], frames["propensity_scores"], frames["propensity_deciles"],
                             params["cutoff"], params["horizon"])
 
 
-def propensity_stage(clean: pd.DataFrame, *, cutoff, horizon: int
+def propensity_stage(orders: pd.DataFrame, *, cutoff, horizon: int
                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """The propensity stage: scores, the holdout's decile table, the coefficients and the gains chart.
 
@@ -320,7 +320,7 @@ def propensity_stage(clean: pd.DataFrame, *, cutoff, horizon: int
     model: the run goes on with empty tables, and the manifest's `note` says why.
     """
     try:
-        scores, deciles, coefficients = propensity(clean, cutoff, horizon)
+        scores, deciles, coefficients = propensity(orders, cutoff, horizon)
     except ParameterError:
         empty_scores = pd.DataFrame({"CustomerID": pd.Series(dtype="str"), "probability": pd.Series(dtype="float64"),
                                      "decile": pd.Series(dtype="int64"), "repurchased": pd.Series(dtype="Int64"),

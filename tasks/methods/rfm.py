@@ -76,13 +76,14 @@ def quintile_score(values: pd.Series) -> pd.Series:
     return pd.Series(np.ceil(QUINTILES * ranks / len(values)).astype("int64"), index=values.index)
 
 
-def rfm_values(clean: pd.DataFrame, at: pd.Timestamp | str) -> pd.DataFrame:
-    """Recency (whole days before `at`), frequency and monetary of every customer with lines before `at`."""
+def rfm_values(orders: pd.DataFrame, at: pd.Timestamp | str) -> pd.DataFrame:
+    """Recency (whole days before `at`), frequency (orders) and monetary (their value) of every customer
+    with orders before `at`, from the orders dataset (one row per order)."""
     at = pd.Timestamp(at)
-    lines = clean.loc[(clean["InvoiceDate"] < at).to_numpy()]
-    grouped = lines.groupby("CustomerID", sort=True, observed=True)
+    before = orders.loc[(orders["InvoiceDate"] < at).to_numpy()]
+    grouped = before.groupby("CustomerID", sort=True, observed=True)
     values = grouped.agg(
-        last=("InvoiceDate", "max"), frequency=("InvoiceNo", "nunique"), monetary=("Sales", "sum"),
+        last=("InvoiceDate", "max"), frequency=("InvoiceNo", "size"), monetary=("value", "sum"),
     ).reset_index()
     # Timedelta.days floors: 2 days 23 hours is 2 whole days.
     values.insert(1, "recency_days", (at - values.pop("last")).dt.days.astype("int64"))
@@ -91,15 +92,15 @@ def rfm_values(clean: pd.DataFrame, at: pd.Timestamp | str) -> pd.DataFrame:
     return values
 
 
-def rfm_scores(clean: pd.DataFrame, cutoff: pd.Timestamp | str, segments: pd.DataFrame) -> pd.DataFrame:
+def rfm_scores(orders: pd.DataFrame, cutoff: pd.Timestamp | str, segments: pd.DataFrame) -> pd.DataFrame:
     """One row per customer (CustomerID order): recency_days, frequency, monetary, R, F, M, RFM, rfm_segment.
 
-    Lines on or after the cutoff are ignored (clean_invoices has none; the guard keeps recency
+    Orders on or after the cutoff are ignored (a run's orders have none; the guard keeps recency
     non-negative for any input). R is 5 for the most recent fifth: it scores -recency_days, so
     among equal recencies the earlier CustomerID gets the lower rank, as for F and M.
     """
     grid = segment_grid(segments)
-    rfm = rfm_values(clean, cutoff)
+    rfm = rfm_values(orders, cutoff)
     rfm["R"] = quintile_score(-rfm["recency_days"])
     rfm["F"] = quintile_score(rfm["frequency"])
     rfm["M"] = quintile_score(rfm["monetary"])
@@ -174,8 +175,8 @@ def rfm_metrics(frames, params) -> dict:
     return {"rfm_segments": {str(k): int(v) for k, v in counts.items()}}
 
 
-def rfm_stage(clean: pd.DataFrame, labels: pd.DataFrame, cutoff, rfm_segments: list[dict]
+def rfm_stage(orders: pd.DataFrame, labels: pd.DataFrame, *, cutoff, rfm_segments: list[dict]
               ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The rfm stage: scores and named segments per customer, their cross-tab with k-means, the heatmap."""
-    scores = rfm_scores(clean, cutoff, pd.DataFrame(rfm_segments))
+    scores = rfm_scores(orders, cutoff, pd.DataFrame(rfm_segments))
     return scores, rfm_profile(scores, labels), {"rfm_heatmap": rfm_heatmap(scores)}

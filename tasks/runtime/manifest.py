@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-StageStatus = Literal["running", "completed", "cached", "failed"]
+StageStatus = Literal["running", "completed", "cached", "failed", "skipped"]
 RunStatus = Literal["running", "completed", "failed"]
 
 
@@ -75,6 +75,8 @@ class StageRecord(BaseModel):
     gates: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seconds: float | None = None
     error: str | None = None
+    # Why a stage did not run on this input (status "skipped").
+    reason: str | None = None
 
     def tables(self) -> dict[str, DatasetRef]:
         return {name: ref for name, ref in self.outputs.items() if ref.is_table}
@@ -122,10 +124,15 @@ class RunContext(BaseModel):
 
 
 class InputInfo(BaseModel):
+    """What a run read: a file or folder (path, sha256), or a database table or query (the URL
+    without password, the query as sent, the rows read and the snapshot they were kept in)."""
+
     path: str
     sha256: str
     rows: int | None = None
     files: list[str] = Field(default_factory=list)
+    query: str | None = None
+    snapshot: str | None = None     # relative to the artifacts folder
 
 
 class Manifest(BaseModel):
@@ -151,6 +158,8 @@ class Manifest(BaseModel):
     previous: dict[str, Any] | None = None
     resumed: list[dict[str, Any]] = Field(default_factory=list)
     error: str | None = None
+    # Exports of the customer table made by the run itself (--export-to): target, status, rows, error.
+    exports: list[dict[str, Any]] = Field(default_factory=list)
 
     # --- the facts commands ask for, in one place ----------------------------------------------
 
@@ -201,6 +210,16 @@ class Manifest(BaseModel):
     @property
     def folder(self) -> Path | None:
         return Path(self.run_dir) if self.run_dir else None
+
+    def skipped(self) -> dict[str, str]:
+        """The stages that did not run on this input, and why."""
+        return {name: record.reason or "" for name, record in self.stages.items() if record.status == "skipped"}
+
+    def notes(self) -> list[tuple[str, str]]:
+        """(stage, sentence) for what a stage says about its own result: a model it could not fit on
+        this data and why (its metrics' `note` or `*_note`), or a caveat (`*_warning`)."""
+        return [(name, value) for name, record in self.stages.items() for key, value in (record.metrics or {}).items()
+                if (key == "note" or key.endswith(("_note", "_warning"))) and isinstance(value, str) and value]
 
     def gates(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(stage, dataset, gate summary) for every quality gate of the run, in stage order."""

@@ -12,7 +12,7 @@ import difflib
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from customer_segments.tasks.errors import UsageError
 from customer_segments.tasks.runtime.stage import Param
@@ -78,7 +78,17 @@ def model() -> type[BaseModel]:
     names = switchable()
     fields[METHODS] = (list[Literal[names]], Field(default_factory=lambda: list(names),  # type: ignore[valid-type]
                                                   description="The switchable stages that run (the others are off)."))
-    return create_model("RunParameters", __base__=_Base, **fields)
+    parsers = {f"parse_{name}": field_validator(name, mode="before")(_parser(param))
+               for name, param in declared().items() if param.parse is not None}
+    return create_model("RunParameters", __base__=_Base, __validators__=parsers, **fields)
+
+
+def _parser(param: Param):
+    def parse(cls, value):
+        return param.parse(value)
+
+    parse.__name__ = f"parse_{param.name}"
+    return parse
 
 
 def defaults() -> BaseModel:

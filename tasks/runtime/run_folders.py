@@ -52,6 +52,40 @@ def input_fingerprint(path: Path) -> InputInfo:
     return InputInfo(path=str(path), sha256=sha, files=[f.name for f in files])
 
 
+def resolve_input(params: dict[str, Any], artifacts: Path, input_sha256: str | None = None
+                  ) -> tuple[InputInfo, dict[str, Any]]:
+    """What the run reads, fingerprinted, and the parameters its stages see.
+
+    A file or folder is hashed (unless the caller just did: `input_sha256`). A PostgreSQL table
+    or query is read into a snapshot in the input cache (or the cached snapshot of that sha256 is
+    taken): the stages read the snapshot, the month comes from the table when not given, and
+    the manifest records the URL without password and the query as sent.
+    """
+    from customer_segments.tasks.runtime import postgres
+
+    source = params["input_path"]
+    if not postgres.is_url(source):
+        path = Path(source)
+        info = (input_fingerprint(path) if input_sha256 is None else
+                InputInfo(path=str(path), sha256=input_sha256, files=[f.name for f in input_files(path)]))
+        return info, params
+    from customer_segments.tasks.inputs import database
+
+    cache = artifacts / "cache"
+    snapshot = database.cached(cache, input_sha256) if input_sha256 else None
+    if snapshot is None:
+        taken = database.take(source, cache, as_of=params.get("as_of"), window=params.get("window"),
+                              columns=params.get("columns"))
+        snapshot, sha, rows, query, as_of = taken.path, taken.sha256, taken.rows, taken.query, taken.as_of
+    else:
+        import pyarrow.parquet as pq
+
+        sha, rows, query, as_of = input_sha256, pq.ParquetFile(snapshot).metadata.num_rows, None, params.get("as_of")
+    info = InputInfo(path=postgres.safe_url(source), sha256=sha, rows=rows, query=query,
+                     snapshot=snapshot.resolve().relative_to(artifacts.resolve()).as_posix())
+    return info, dict(params, input_path=str(snapshot), as_of=as_of)
+
+
 def parse_month(value: str | None, option: str = "--as-of"):
     import pandas as pd
 
@@ -111,6 +145,11 @@ class RunLedger:
     def started(self, stage: str) -> None:
         previous = self.manifest.stages.get(stage)
         self.manifest.stages[stage] = StageRecord(status="running", metrics=previous.metrics if previous else {})
+        self.save(stage)
+
+    def skipped(self, stage: str, reason: str) -> None:
+        """A stage that cannot run on this input (the export has no products), and why."""
+        self.manifest.stages[stage] = StageRecord(status="skipped", reason=reason)
         self.save(stage)
 
     def finished(self, result: StageResult) -> None:
@@ -263,14 +302,13 @@ def start(artifacts: Path, params: dict[str, Any], *, flow_run_id: str | None,
     `params` are the run's validated parameters (RunParameters as a dict); `input_sha256` is the
     input's hash when the caller has just computed it (a backfill hashes the input once).
     """
-    path = Path(params["input_path"])
-    info = (input_fingerprint(path) if input_sha256 is None else
-            InputInfo(path=str(path), sha256=input_sha256, files=[f.name for f in input_files(path)]))
+    info, params = resolve_input(params, artifacts, input_sha256)
+    recorded = dict(params, input_path=info.path)  # the URL without password, not the snapshot
     manifest = Manifest(
         run_id=new_run_id(flow_run_id),
         flow_run_id=flow_run_id,
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        parameters=parameters.recorded(parameters.validate(params)),
+        parameters=parameters.recorded(parameters.validate(recorded)),
         input=info,
         environment=environment(),
     )
@@ -292,20 +330,29 @@ def reopen(run_dir: Path, *, flow_run_id: str | None,
     lock = RunLock.acquire(run_dir, manifest.run_id)
     try:
         recorded = manifest.input
-        current = input_fingerprint(Path(recorded.path))
-        if current.sha256 != recorded.sha256:
-            raise ParameterError(
-                "resume",
-                f"the input {recorded.path} changed since run {manifest.run_id} started "
-                f"(sha256 {recorded.sha256[:12]} then, {current.sha256[:12]} now); start a new run instead",
-            )
+        artifacts = run_dir.parent.parent
+        if recorded.snapshot is not None:  # a database input: the run goes on with what it read then
+            from customer_segments.tasks.inputs import database
+
+            reading = database.cached(artifacts / "cache", recorded.sha256)
+            if reading is None:
+                raise ParameterError("resume", f"the snapshot of {recorded.path} that run {manifest.run_id} read "
+                                               f"({recorded.snapshot}) is no longer in the cache; start a new run")
+        else:
+            reading = Path(recorded.path)
+            current = input_fingerprint(reading)
+            if current.sha256 != recorded.sha256:
+                raise ParameterError(
+                    "resume",
+                    f"the input {recorded.path} changed since run {manifest.run_id} started "
+                    f"(sha256 {recorded.sha256[:12]} then, {current.sha256[:12]} now); start a new run instead",
+                )
         # Parameters a run made before they existed had their defaults then.
         defaults = parameters.recorded(parameters.defaults())
-        params = {**defaults, **manifest.parameters, "input_path": recorded.path, "input_sha256": recorded.sha256,
+        params = {**defaults, **manifest.parameters, "input_path": str(reading), "input_sha256": recorded.sha256,
                   "cutoff": manifest.cutoff, **reference_tables()}
         manifest.status, manifest.finished_at, manifest.error = "running", None, None
         manifest.resumed.append({"flow_run_id": flow_run_id, "at": datetime.now(UTC).isoformat(timespec="seconds")})
-        artifacts = run_dir.parent.parent
         context = RunContext(artifacts=str(artifacts.resolve()), run_id=manifest.run_id,
                              started_at=manifest.started_at, params=params, run_dir=str(run_dir.resolve()),
                              refresh=refresh)

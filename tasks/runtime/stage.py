@@ -44,6 +44,11 @@ class Param:
     changes_results: bool = True
     key_as: str | None = None
     metavar: str | None = None
+    # Text (a command-line option, a config value) to the value's type, raising ValueError in the
+    # user's words: e.g. the column mapping "CustomerID=customer_id,InvoiceDate=date".
+    parse: Callable[[Any], Any] | None = None
+    # A file or folder: a relative path in a config file is taken from the config file's folder.
+    path: bool = False
 
     @property
     def flag(self) -> str:
@@ -91,6 +96,9 @@ class Stage:
     # A stage a user can switch off: its flag's help (the flag is --no-<name>), and its name in words.
     switch: str | None = None
     label: str | None = None
+    # Columns of the export the stage cannot do without (the products): when the input lacks one,
+    # the stage is skipped, and so are the stages that need its outputs; the run says why.
+    needs_columns: tuple[str, ...] = ()
     # "worker": computed in the worker process beside the run (pure-Python work no later stage
     # waits for uses the other core there); "flow": in the flow's own process.
     runs_in: RunsIn = "flow"

@@ -57,8 +57,15 @@ COMPRESSION = "snappy"
 
 
 def parquet_bytes(df: pd.DataFrame) -> bytes:
-    """Serialise without the index; identical frames give identical bytes."""
+    """Serialise without the index; identical frames give identical bytes.
+
+    A frame's `attrs` (a transform's notes for its stage's metrics) are not data: pandas would
+    write them into the file's metadata, so they are left out.
+    """
     buffer = io.BytesIO()
+    if df.attrs:
+        df = df.copy(deep=False)
+        df.attrs = {}
     df.to_parquet(buffer, index=False, engine="pyarrow", compression=COMPRESSION)
     return buffer.getvalue()
 

@@ -1,4 +1,8 @@
-"""Clean: the article's three cleaning rules, an optional trailing window, and the Sales column."""
+"""Clean: the article's three cleaning rules, an optional trailing window, and the Sales column.
+
+A return is a line of negative (or zero) quantity; an export without quantities gives each line's
+value (Sales) instead, and a line of value zero or below is the return there.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ def cleaning_masks(raw: pd.DataFrame, cutoff: pd.Timestamp | str, window: int | 
     cutoff = pd.Timestamp(cutoff)
     start = window_start(cutoff, window)
     dates = raw["InvoiceDate"]
+    amount = raw["Quantity"] if "Quantity" in raw.columns else raw["Sales"]
     return {
-        "cancelled_or_zero_quantity": ~(raw["Quantity"] > 0),
+        "cancelled_or_zero_quantity": ~(amount > 0),
         "missing_customer": raw["CustomerID"].isna(),
         "before_window": dates < start if start is not None else pd.Series(False, index=raw.index),
         "on_or_after_cutoff": ~(dates < cutoff),
@@ -30,13 +35,15 @@ def cleaning_masks(raw: pd.DataFrame, cutoff: pd.Timestamp | str, window: int | 
 
 def clean_invoices(raw: pd.DataFrame, cutoff: pd.Timestamp | str, window: int | None = None) -> pd.DataFrame:
     """Keep positive quantities of known customers before the cutoff (and within the window, if any);
-    add Sales = Quantity * UnitPrice."""
+    add Sales = Quantity * UnitPrice unless the export gives each line's value itself."""
     masks = cleaning_masks(raw, cutoff, window)
     keep = ~(masks["cancelled_or_zero_quantity"] | masks["missing_customer"] | masks["before_window"]
              | masks["on_or_after_cutoff"])
     clean = raw.loc[keep.to_numpy()].reset_index(drop=True)
-    clean["Quantity"] = clean["Quantity"].astype("int64")
-    clean["Sales"] = clean["Quantity"] * clean["UnitPrice"]
+    if "Quantity" in clean.columns:
+        clean["Quantity"] = clean["Quantity"].astype("int64")
+    if "Sales" not in clean.columns:
+        clean["Sales"] = clean["Quantity"] * clean["UnitPrice"]
     return clean
 
 

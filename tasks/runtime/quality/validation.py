@@ -93,8 +93,9 @@ def validate(
     frame = comparable_datetimes(df)
 
     with state.lock:
+        suite, not_applicable = loaded.applicable({str(c) for c in df.columns})
         batch = state.batch_definition.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(loaded.suite, result_format=RESULT_FORMAT, expectation_parameters=parameters)
+        result = batch.validate(suite, result_format=RESULT_FORMAT, expectation_parameters=parameters)
         report = result.to_json_dict()
 
     dtypes = {str(c): str(t) for c, t in df.dtypes.items()}
@@ -105,6 +106,7 @@ def validate(
             "dataset": dataset,
             "suite_file": str(loaded.path),
             "expectation_parameters": parameters,
+            "not_applicable": not_applicable,
             # The frame's dtypes: a merge of partitions' reports names a wrong dtype as this does.
             "dtypes": dtypes,
             # Data Docs files a result under its run; one run name per dataset keeps them apart.
@@ -179,6 +181,37 @@ class LoadedSuite:
     stamp: tuple[int, int]
     suite: Any
     required: frozenset[str]
+    # Columns an export may lack (a sales-only export has no StockCode): an expectation about one
+    # the data does not have does not apply, and is reported as such rather than failed.
+    optional: frozenset[str] = frozenset()
+    entries: tuple[dict, ...] = ()
+
+    def applicable(self, present: set[str]) -> tuple[Any, list[str]]:
+        """The suite for data with these columns, and the expectations left out (in words)."""
+        absent = self.optional - present
+        if not absent:
+            return self.suite, []
+        from great_expectations.core import ExpectationSuite
+        from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+        kept, skipped = [], []
+        for entry in self.entries:
+            named = sorted(columns_named(entry.get("kwargs") or {}) & absent)
+            if named:
+                skipped.append(f"{entry['type']} ({', '.join(named)}: the data has no such column)")
+            else:
+                kept.append(ExpectationConfiguration(**entry).to_domain_obj())
+        return ExpectationSuite(name=self.suite.name, expectations=kept, meta=self.suite.meta,
+                                notes=self.suite.notes), skipped
+
+
+def columns_named(kwargs: Mapping[str, Any]) -> set[str]:
+    """The columns an expectation's kwargs name (column, column_A/B, column_list, column_set)."""
+    named = {kwargs[k] for k in ("column", "column_A", "column_B") if isinstance(kwargs.get(k), str)}
+    for key in ("column_list", "column_set"):
+        if isinstance(kwargs.get(key), list):
+            named |= {c for c in kwargs[key] if isinstance(c, str)}
+    return named
 
 
 class GxState:
@@ -255,6 +288,9 @@ def load_suite(path: Path, stamp: tuple[int, int]) -> LoadedSuite:
         raise SuiteError(f"Quality suite {path}: a suite is a JSON object with a list 'expectations'")
     if spec.get("name") != path.stem:
         raise SuiteError(f"Quality suite {path}: suite name {spec.get('name')!r} must equal the file name {path.stem!r}")
+    optional = spec.get("optional_columns", [])
+    if not isinstance(optional, list) or not all(isinstance(c, str) for c in optional):
+        raise SuiteError(f"Quality suite {path}: optional_columns must be a list of column names")
 
     expectations = []
     required: set[str] = set()
@@ -281,7 +317,8 @@ def load_suite(path: Path, stamp: tuple[int, int]) -> LoadedSuite:
             f"Quality suite {path}: {len(expectations) - len(suite.expectations)} expectation(s) were dropped as "
             "duplicates; every expectation must differ in type or kwargs"
         )
-    return LoadedSuite(path=path, stamp=stamp, suite=suite, required=frozenset(required))
+    return LoadedSuite(path=path, stamp=stamp, suite=suite, required=frozenset(required), optional=frozenset(optional),
+                       entries=tuple(spec["expectations"]))
 
 
 def copy_suite(suite):

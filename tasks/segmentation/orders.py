@@ -1,0 +1,84 @@
+"""Orders: one row per order (invoice), computed once from the clean lines.
+
+Every per-customer stage (the features, RFM, repurchase propensity, CHAID, lifetime value) needs
+one row per order, not the lines: they read this dataset, which is a few per cent of the lines'
+size. Only the best sellers and the basket rules read lines.
+
+An order's date is its first line's, its customer the one on its lines (an invoice has one), its
+value the sum of its lines' Sales, `lines` its number of lines, `items` the units on them (its
+lines when the export has no quantities) and its Country the one on most of its lines (the
+alphabetically first on a tie) when the export has countries.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+COLUMNS = ("InvoiceNo", "CustomerID", "InvoiceDate", "value", "lines", "items")
+
+
+def orders(clean: pd.DataFrame) -> pd.DataFrame:
+    """One row per InvoiceNo of the clean lines, sorted by CustomerID, InvoiceDate, InvoiceNo."""
+    grouped = clean.groupby("InvoiceNo", sort=True, observed=True)
+    table = grouped.agg(CustomerID=("CustomerID", "first"), InvoiceDate=("InvoiceDate", "min"),
+                        value=("Sales", "sum"), lines=("InvoiceNo", "size"))
+    table["items"] = grouped["Quantity"].sum() if "Quantity" in clean.columns else table["lines"]
+    table = table.reset_index().astype({"lines": "int64", "items": "int64", "value": "float64"})
+    if "Country" in clean.columns:
+        table = table.merge(_order_country(clean), on="InvoiceNo", how="left", validate="one_to_one")
+    columns = [*COLUMNS, *(["Country"] if "Country" in clean.columns else [])]
+    return _sorted(table[columns])
+
+
+def _order_country(clean: pd.DataFrame) -> pd.DataFrame:
+    counts = clean.groupby(["InvoiceNo", "Country"], sort=True, observed=True).size().rename("n").reset_index()
+    counts = counts.sort_values(["InvoiceNo", "n", "Country"], ascending=[True, False, True], kind="stable")
+    return counts.drop_duplicates("InvoiceNo")[["InvoiceNo", "Country"]].astype({"Country": "str"})
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    return table.sort_values(["CustomerID", "InvoiceDate", "InvoiceNo"], kind="stable").reset_index(drop=True)
+
+
+def order_metrics(frames, params) -> dict:
+    table = frames["orders"]
+    return {"orders": len(table), "lines_per_order": round(float(table["lines"].mean()), 4) if len(table) else None}
+
+
+# --- the dask twin: the same on a dask.distributed cluster (the dask engine) ----------------------
+
+
+def orders_dask(clean_lines) -> pd.DataFrame:
+    """Orders from the partitioned clean lines: per-partition partial sums, combined per invoice.
+
+    An invoice can span two partitions, so partial aggregates (value, lines, items, first date)
+    are combined across the cluster; the orders themselves fit in memory (a few per cent of the
+    lines), and the result is the pandas engine's frame.
+    """
+    import dask
+
+    has_quantity = "Quantity" in clean_lines.columns
+    has_country = "Country" in clean_lines.columns
+    columns = ["InvoiceNo", "CustomerID", "InvoiceDate", "Sales", *(["Quantity"] if has_quantity else []),
+               *(["Country"] if has_country else [])]
+    grouped = clean_lines[columns].groupby("InvoiceNo")
+    parts = [grouped["CustomerID"].first(), grouped["InvoiceDate"].min(), grouped["Sales"].sum(),
+             grouped["Sales"].count()]
+    if has_quantity:
+        parts.append(grouped["Quantity"].sum())
+    if has_country:
+        parts.append(clean_lines[["InvoiceNo", "Country"]].groupby(["InvoiceNo", "Country"]).size())
+    computed = dask.compute(*parts)
+    customer, date, value, lines = computed[:4]
+    table = pd.DataFrame({"InvoiceNo": value.index.astype("str"), "CustomerID": customer.reindex(value.index).to_numpy(),
+                          "InvoiceDate": date.reindex(value.index).to_numpy(), "value": value.to_numpy(),
+                          "lines": lines.reindex(value.index).to_numpy()})
+    table["items"] = computed[4].reindex(value.index).to_numpy() if has_quantity else table["lines"]
+    table = table.astype({"CustomerID": "str", "lines": "int64", "items": "int64", "value": "float64",
+                          "InvoiceDate": "datetime64[ns]"})
+    if has_country:
+        counts = computed[-1].rename("n").reset_index()
+        counts = counts.sort_values(["InvoiceNo", "n", "Country"], ascending=[True, False, True], kind="stable")
+        table = table.merge(counts.drop_duplicates("InvoiceNo")[["InvoiceNo", "Country"]].astype(
+            {"InvoiceNo": "str", "Country": "str"}), on="InvoiceNo", how="left", validate="one_to_one")
+    return _sorted(table[[*COLUMNS, *(["Country"] if has_country else [])]].sort_values("InvoiceNo", kind="stable"))
