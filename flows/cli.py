@@ -182,13 +182,15 @@ def backfill(
     _helpers().start()
     try:
         _connect()
+        from customer_segments.flows import progress
         from customer_segments.flows.pipeline import backfill as backfill_flow
         from customer_segments.tasks.errors import PipelineError
 
         _quiet_console(verbose)
         started = time.monotonic()
         try:
-            done = backfill_flow(start=start, end=end, **values)
+            with progress.shown(json_out):
+                done = backfill_flow(start=start, end=end, **values)
             error = None
         except Exception as exc:
             if verbose:
@@ -523,9 +525,16 @@ def _run_flow(parameters: dict, json_out: bool, verbose: bool, engine: str = ENG
         _connect()
         from customer_segments.flows.pipeline import segmentation
 
+        from customer_segments.flows import progress
+
         _quiet_console(verbose)
         flow = _with_engine(segmentation, engine, dask_address)
-        _finish(lambda: flow(**parameters), json_out, verbose)
+
+        def call():
+            with progress.shown(json_out):
+                return flow(**parameters)
+
+        _finish(call, json_out, verbose)
     finally:
         _helpers().stop()
 

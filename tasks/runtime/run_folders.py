@@ -114,6 +114,11 @@ def new_run_id(flow_run_id: str | None, now: datetime | None = None) -> str:
     return f"{stamp}-{suffix}"
 
 
+# Callables told of every change a ledger records: (event, stage or None, manifest). A terminal's
+# progress view (flows/progress.py) is one; they only read, and what they raise is ignored.
+WATCHERS: list = []
+
+
 class RunLedger:
     """The manifest of one run, kept by the flow and written after every change.
 
@@ -124,6 +129,14 @@ class RunLedger:
         self.manifest = manifest
         self.artifacts = artifacts
         self.lock: RunLock | None = None
+        self._tell("begun")
+
+    def _tell(self, event: str, stage: str | None = None) -> None:
+        for watcher in list(WATCHERS):
+            try:
+                watcher(event, stage, self.manifest)
+            except Exception:  # noqa: BLE001 - a display never stops a run
+                pass
 
     @property
     def folder(self) -> Path | None:
@@ -146,15 +159,18 @@ class RunLedger:
         previous = self.manifest.stages.get(stage)
         self.manifest.stages[stage] = StageRecord(status="running", metrics=previous.metrics if previous else {})
         self.save(stage)
+        self._tell("started", stage)
 
     def skipped(self, stage: str, reason: str) -> None:
         """A stage that cannot run on this input (the export has no products), and why."""
         self.manifest.stages[stage] = StageRecord(status="skipped", reason=reason)
         self.save(stage)
+        self._tell("skipped", stage)
 
     def finished(self, result: StageResult) -> None:
         self.manifest.stages[result.stage] = result.record
         self.save(result.stage)
+        self._tell("finished", result.stage)
 
     def failed(self, stage: str, exc: BaseException) -> None:
         """Record the stage that raised.
@@ -172,6 +188,7 @@ class RunLedger:
             record = current.model_copy(update={"error": str(exc)})
         self.manifest.stages[stage] = record
         self.save(stage)
+        self._tell("failed", stage)
 
     def opened(self, context: RunContext) -> None:
         """The run folder exists: hold its lock, record the month, link in reports made before it."""
@@ -185,6 +202,7 @@ class RunLedger:
             record.outputs = {name: (ref if ref.is_table else link_into_run(ref, context))
                               for name, ref in record.outputs.items()}
         self.save()
+        self._tell("opened")
 
     def previous(self, result: StageResult) -> None:
         """Record which earlier run this run's segment ids were matched against (None: first month)."""
@@ -205,6 +223,7 @@ class RunLedger:
             if self.lock is not None:
                 self.lock.release()
                 self.lock = None
+            self._tell("ended")
 
     def _finish(self, status: str, error: str | None) -> Manifest:
         m = self.manifest
