@@ -158,7 +158,7 @@ def _basket_rules(values: dict, country: str | None):
     try:
         return basket_table(clean, load_service_codes(), country, min_share=values["basket_min_support"],
                             min_baskets=values["basket_min_baskets"], min_lift=values["basket_min_lift"],
-                            max_len=values["basket_max_len"])
+                            max_len=values["basket_max_len"], sample_error=values["basket_sample_error"])
     except ValueError as exc:
         raise ParameterError("basket", str(exc)) from None
 

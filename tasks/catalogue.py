@@ -147,6 +147,10 @@ BASKET = Stage(
         Param("basket_min_lift", float, 1.0, "Smallest lift of a rule.", option="--min-lift", ge=0.0),
         Param("basket_max_len", int, 3, "Most items in a rule (antecedents and consequent).", option="--max-len",
               ge=2),
+        Param("basket_sample_error", float, 0.1,
+              "A segment with more baskets than needed is mined from a random sample, big enough to estimate "
+              "the support of a rule at the threshold within this share of it (99% confidence); 0: every basket.",
+              option="--sample-error", ge=0.0, le=1.0),
     ),
     uses=("service_codes",), metrics=basket.basket_metrics, needs_columns=PRODUCTS,
     figures=(FigureSpec("basket_top_rules", "Horizontal bar chart of the strongest product rules by lift, per segment",

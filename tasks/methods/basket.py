@@ -13,6 +13,16 @@ matrix handed to mlxtend as a sparse DataFrame. mlxtend's FP-tree setup still ma
 data 17,626 baskets x 625 items (11 MB) instead of x 3,648 items. The peak there (about 90 MB)
 is mlxtend's FP-tree of Python objects, which pruning keeps small too.
 
+On a large input a group's rules are mined from a sample of its baskets. The sample is as big as
+the support threshold needs: with `sample_error` = e, an itemset whose support is the threshold s
+has its support estimated within +-e*s at 99% confidence when n = z^2 (1 - s) / (e^2 s) baskets
+are drawn at random (z = 2.5758, the normal approximation of the binomial): 65,690 baskets for
+s = 1% and e = 10%, whatever the group's size. A group with fewer baskets is mined whole, so
+results on inputs of that size are exact. The draw is seeded: the n baskets whose InvoiceNo has
+the smallest keyed hash, so the same input gives the same sample, and a segment's sample is
+part of the all-customers sample. The rules' support, confidence, lift, leverage and conviction
+are then those of the sample, and `baskets` the support times the group's baskets.
+
 `conviction` is kept as mlxtend gives it: +inf when the confidence is 1 (the consequent is in
 every basket holding the antecedent). Parquet stores inf as it is; readers should not take it for
 a missing value.
@@ -21,6 +31,7 @@ a missing value.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -30,6 +41,11 @@ from customer_segments.tasks.methods.products import product_lines, product_name
 # The thresholds (min_share, min_baskets, max_len, min_lift) are run parameters: their defaults,
 # bounds and help are declared with the basket stage in tasks/catalogue.py.
 PER_PRODUCT = 3
+
+# Sampling (see the module's docstring): the confidence of the stated error, and the key of the
+# hash that draws the baskets (fixed, so that a rerun draws the same ones).
+SAMPLE_CONFIDENCE = 0.99
+SAMPLE_SEED = "basket-sample-01"
 
 ALL_CUSTOMERS = -1
 ALL_CUSTOMERS_NAME = "All customers"
@@ -81,6 +97,30 @@ def min_basket_count(n_baskets: int, min_share: float, min_baskets: int) -> int:
     return max(by_share, int(min_baskets), 1)
 
 
+def sample_size(n_baskets: int, min_share: float, min_baskets: int, sample_error: float) -> int:
+    """Baskets to mine of a group of `n_baskets`: all of them, or the sample that estimates the
+    support of an itemset at the threshold within `sample_error` of it (relative, at 99%
+    confidence). `sample_error` 0 never samples."""
+    if sample_error <= 0 or n_baskets == 0:
+        return n_baskets
+    share = min(max(min_share, min_baskets / n_baskets), 1.0)
+    if share >= 1.0:
+        return n_baskets
+    z = NormalDist().inv_cdf(0.5 + SAMPLE_CONFIDENCE / 2)
+    return min(n_baskets, math.ceil(round(z * z * (1 - share) / (sample_error * sample_error * share), 6)))
+
+
+def sampled_baskets(lines: pd.DataFrame, size: int) -> pd.DataFrame:
+    """The lines of `size` baskets drawn at random, reproducibly: those whose InvoiceNo has the
+    smallest keyed hash (a uniform draw without replacement that does not depend on row order)."""
+    invoices = pd.Series(pd.unique(lines["InvoiceNo"].dropna()))
+    if size >= len(invoices):
+        return lines
+    hashes = pd.util.hash_pandas_object(invoices.astype("str"), index=False, hash_key=SAMPLE_SEED).to_numpy()
+    chosen = invoices.to_numpy()[np.argpartition(hashes, size - 1)[:size]]
+    return lines[lines["InvoiceNo"].isin(chosen).to_numpy()]
+
+
 def frequent_rules(
     lines: pd.DataFrame,
     min_share: float,
@@ -88,6 +128,7 @@ def frequent_rules(
     max_len: int | None,
     min_lift: float,
     min_confidence: float = 0.0,
+    sample_error: float = 0.0,
 ) -> pd.DataFrame:
     """Association rules of one group of cleaned lines (InvoiceNo, StockCode), strongest first.
 
@@ -99,8 +140,27 @@ def frequent_rules(
     Itemsets are kept when in at least `min_basket_count(...)` baskets, i.e. at a support of
     max(min_share, min_baskets / n_baskets); rules when lift >= min_lift and confidence >=
     min_confidence. `max_len` bounds the items of a whole rule (antecedent plus consequent).
+
+    With `sample_error` > 0, a group bigger than `sample_size(...)` is mined from that many of
+    its baskets (`sampled_baskets`) at the same support threshold; `baskets` is then the
+    estimate for the whole group.
     """
-    from mlxtend.frequent_patterns import association_rules, fpgrowth
+    all_baskets = int(lines["InvoiceNo"].dropna().nunique())
+    size = sample_size(all_baskets, min_share, min_baskets, sample_error)
+    if size < all_baskets:
+        share = max(min_share, min_baskets / all_baskets)
+        rules = _mined_rules(sampled_baskets(lines, size), share, 1, max_len, min_lift, min_confidence)
+        rules = rules.assign(baskets=np.rint(rules["support"].to_numpy() * all_baskets).astype("int64"))
+    else:
+        rules = _mined_rules(lines, min_share, min_baskets, max_len, min_lift, min_confidence)
+    # For the manifest (not stored with the data): the group's baskets and how many were mined.
+    rules.attrs = {"baskets": all_baskets, "mined": size}
+    return rules
+
+
+def _mined_rules(lines: pd.DataFrame, min_share: float, min_baskets: int, max_len: int | None,
+                 min_lift: float, min_confidence: float) -> pd.DataFrame:
+    from mlxtend.frequent_patterns import association_rules
     from scipy import sparse
 
     pairs = lines[["InvoiceNo", "StockCode"]].dropna().drop_duplicates()
@@ -116,13 +176,10 @@ def frequent_rules(
     rows, _ = pd.factorize(pairs["InvoiceNo"])
     columns, items = pd.factorize(pairs["StockCode"], sort=True)
     # All n_baskets rows, also those left empty by pruning: supports are shares of every basket.
-    matrix = sparse.csr_matrix(
-        (np.ones(len(pairs), dtype=bool), (rows, columns)), shape=(n_baskets, len(items))
+    matrix = sparse.csc_matrix(
+        (np.ones(len(pairs), dtype="int32"), (rows, columns)), shape=(n_baskets, len(items))
     )
-    onehot = pd.DataFrame.sparse.from_spmatrix(matrix, columns=[str(code) for code in items])
-    # Half a basket below the count: mlxtend takes ceil(min_support * n), which float round-off
-    # could lift by one, and keeps support >= min_support, which holds from min_count baskets on.
-    itemsets = fpgrowth(onehot, min_support=(min_count - 0.5) / n_baskets, use_colnames=True, max_len=max_len)
+    itemsets = frequent_itemsets(matrix, [str(code) for code in items], min_count, max_len)
     if not (itemsets["itemsets"].map(len) >= 2).any():
         return empty_rules()
     # num_itemsets by keyword: mlxtend 0.23.2-0.23.3 require it, later releases default it to 1.
@@ -146,6 +203,41 @@ def frequent_rules(
     return _sorted_rules(out.astype(RULE_DTYPES))
 
 
+def frequent_itemsets(matrix, names: list[str], min_count: int, max_len: int | None) -> pd.DataFrame:
+    """The itemsets in at least `min_count` baskets, of at most `max_len` items: mlxtend's frame
+    (support, itemsets as frozensets of `names`), counted exactly with sparse matrix products.
+
+    `matrix` is the 0/1 basket x item incidence (scipy CSC). Level by level: P holds, for each
+    frequent itemset of the level, the baskets that contain it; P' X counts every extension by
+    one more item at once, and an extension by an item after the itemset's last is frequent when
+    its count reaches `min_count` (every subset of a frequent itemset is frequent, so nothing is
+    missed). The work is in scipy's compiled products, and with `max_len` bounded so is the
+    number of levels; mlxtend's FP-growth built the same itemsets from Python objects, which took
+    most of the stage on millions of lines.
+    """
+    n_baskets, n_items = matrix.shape
+    counts = np.asarray(matrix.sum(axis=0)).ravel()
+    level = np.flatnonzero(counts >= min_count)[:, None]
+    found_sets, found_counts = [level], [counts[level[:, 0]]]
+    contains = matrix[:, level[:, 0]]
+    size = 1
+    while len(level) and (max_len is None or size < max_len):
+        extended = (contains.T.tocsr() @ matrix).tocoo()
+        keep = (extended.col > level[extended.row, -1]) & (extended.data >= min_count)
+        row, col, count = extended.row[keep], extended.col[keep], extended.data[keep]
+        order = np.lexsort((col, row))
+        row, col, count = row[order], col[order], count[order]
+        level = np.column_stack([level[row], col])
+        contains = contains[:, row].multiply(matrix[:, col]).tocsc()
+        found_sets.append(level)
+        found_counts.append(count)
+        size += 1
+    names = np.asarray(names, dtype=object)
+    itemsets = [frozenset(names[row]) for sets in found_sets for row in sets]  # one per frequent itemset
+    support = np.concatenate(found_counts).astype("float64") / float(n_baskets)
+    return pd.DataFrame({"support": support, "itemsets": itemsets})
+
+
 def basket_rules(
     clean: pd.DataFrame,
     labels: pd.DataFrame,
@@ -154,6 +246,7 @@ def basket_rules(
     min_baskets: int,
     max_len: int | None,
     min_lift: float,
+    sample_error: float = 0.0,
 ) -> pd.DataFrame:
     """Rules of all customers together (segment -1) and of each segment, with product names.
 
@@ -161,23 +254,38 @@ def basket_rules(
     invoices of its customers (cleaned lines joined to `labels` on CustomerID); "All customers"
     are all the cleaned lines, so its rules equal `basket_table(clean, service_codes)`.
     """
-    lines = product_lines(clean, service_codes)[["CustomerID", "InvoiceNo", "StockCode"]]
+    lines = product_lines(clean, service_codes)
     has_id = "segment_id" in labels.columns
     keys = ["segment", "segment_name", *(["segment_id"] if has_id else [])]
-    labelled = lines.merge(labels[["CustomerID", *keys]], on="CustomerID", how="inner", validate="many_to_one")
+    # Invoices and items as categoricals (integer codes; items in the order of their codes) and
+    # each line's segment by its customer's position in labels: the groups are then masks over
+    # integer columns, not copies of string columns joined and grouped at every line.
+    invoice, invoices = pd.factorize(lines["InvoiceNo"])
+    item, items = pd.factorize(lines["StockCode"], sort=True)
+    compact = pd.DataFrame({"InvoiceNo": pd.Categorical.from_codes(invoice, categories=invoices),
+                            "StockCode": pd.Categorical.from_codes(item, categories=items)})
+    people = labels[["CustomerID", *keys]].drop_duplicates("CustomerID")
+    position = pd.Index(people["CustomerID"]).get_indexer(lines["CustomerID"])
+    segment_of_line = np.where(position >= 0, people["segment"].to_numpy()[position], ALL_CUSTOMERS - 1)
 
-    groups = [((ALL_CUSTOMERS, ALL_CUSTOMERS_NAME, ALL_CUSTOMERS_ID)[: len(keys)], lines)]
-    groups += list(labelled.groupby(keys, sort=True))
-    frames = []
+    groups = [((ALL_CUSTOMERS, ALL_CUSTOMERS_NAME, ALL_CUSTOMERS_ID)[: len(keys)], compact)]
+    for segment, key in people.drop_duplicates("segment").sort_values("segment").set_index("segment")[keys[1:]].iterrows():
+        in_segment = segment_of_line == segment
+        if in_segment.any():
+            groups.append(((segment, *key.tolist()), compact[in_segment]))
+    frames, mined = [], []
     for key, group in groups:  # a handful of segments
-        rules = frequent_rules(group, min_share, min_baskets, max_len, min_lift)
+        rules = frequent_rules(group, min_share, min_baskets, max_len, min_lift, sample_error=sample_error)
+        mined.append({"segment": int(key[0]), **rules.attrs})
         for position, (column, value) in enumerate(zip(keys, key)):
             rules.insert(position, column, value)
         frames.append(rules)
     segment_dtypes = {key: SEGMENT_DTYPES[key] for key in keys}
     found = [f for f in frames if len(f)]
     rules = pd.concat(found, ignore_index=True) if found else _empty({**segment_dtypes, **RULE_DTYPES})
-    return with_names(rules.astype(segment_dtypes), product_names(clean))
+    rules = with_names(rules.astype(segment_dtypes), product_names(clean))
+    rules.attrs = {"mined": mined}
+    return rules
 
 
 def basket_table(
@@ -188,6 +296,7 @@ def basket_table(
     min_baskets: int,
     min_lift: float,
     max_len: int | None,
+    sample_error: float = 0.0,
 ) -> pd.DataFrame:
     """The rules of all the given cleaned lines (of one Country if given), with product names.
 
@@ -201,7 +310,7 @@ def basket_table(
             raise ValueError(f"no invoice lines of country {country!r}; the data has: {known}")
         clean = clean.loc[in_country.to_numpy()]
     lines = product_lines(clean, service_codes)
-    rules = frequent_rules(lines, min_share, min_baskets, max_len, min_lift)
+    rules = frequent_rules(lines, min_share, min_baskets, max_len, min_lift, sample_error=sample_error)
     return with_names(rules, product_names(clean))
 
 
@@ -240,9 +349,8 @@ def recommendations(rules: pd.DataFrame, top_products: pd.DataFrame, per_product
 
 
 PER_CUSTOMER = 3
-# Customers are matched against their segment's rules this many at a time: the join of their
-# items with the rules' antecedents stays bounded whatever the number of customers.
-CUSTOMER_BLOCK = 20_000
+# Rules matched against customers at a time, strongest first (see customer_recommendations).
+RULE_BLOCK = 128
 
 
 def customer_recommendations(lines: pd.DataFrame, labels: pd.DataFrame, rules: pd.DataFrame,
@@ -253,51 +361,118 @@ def customer_recommendations(lines: pd.DataFrame, labels: pd.DataFrame, rules: p
     bought and whose consequent they did not, strongest lift first (then confidence, support,
     code; each item once); then, to fill up, their segment's best sellers they have not bought,
     best first. `lines` are product lines (CustomerID, StockCode).
+
+    Customers and items are integer codes and "bought all the antecedents" is one sparse
+    product per segment (customers x items times items x rules: how many of a rule's antecedents
+    each customer bought), so the work grows with the purchases and the rules that apply, not
+    with customers times rules.
     """
+    from scipy import sparse
+
     columns = {"CustomerID": "str", "rank": "int64", "StockCode": "str", "Description": "str", "source": "str"}
-    bought = lines[["CustomerID", "StockCode"]].dropna().drop_duplicates()
-    bought = bought.merge(labels[["CustomerID", "segment"]], on="CustomerID", how="inner", validate="many_to_one")
+    people = labels[["CustomerID", "segment"]].drop_duplicates("CustomerID")
+    customers = pd.Index(people["CustomerID"]).sort_values()
+    segment_of = people.set_index("CustomerID")["segment"].reindex(customers).to_numpy()
     single = rules[(rules["segment"] >= 0) & ~rules["consequents"].str.contains(SEPARATOR, regex=False)]
     single = _sort_by_strength(single.reset_index(drop=True), ["segment"], "consequents").reset_index(drop=True)
-    single["rule"] = np.arange(len(single))
-    parts = single.assign(StockCode=single["antecedents"].str.split(SEPARATOR, regex=False)).explode("StockCode")
-    parts = parts[["segment", "rule", "StockCode", "antecedent_size"]]
-    picks = []
-    customers = bought["CustomerID"].drop_duplicates().sort_values(kind="stable").to_numpy()
-    for start in range(0, len(customers), CUSTOMER_BLOCK):  # blocks of customers, not rows
-        block = bought[bought["CustomerID"].isin(customers[start:start + CUSTOMER_BLOCK])]
-        hits = block.merge(parts, on=["segment", "StockCode"], how="inner")
-        counts = hits.groupby(["CustomerID", "rule"], sort=False).size().rename("n").reset_index()
-        counts = counts.merge(single[["rule", "antecedent_size", "consequents"]], on="rule", how="left")
-        applies = counts[counts["n"] == counts["antecedent_size"]][["CustomerID", "rule", "consequents"]]
-        owned = applies.merge(block[["CustomerID", "StockCode"]], left_on=["CustomerID", "consequents"],
-                              right_on=["CustomerID", "StockCode"], how="left", indicator=True)
-        fresh = owned[owned["_merge"] == "left_only"].sort_values(["CustomerID", "rule"], kind="stable")
-        fresh = fresh.drop_duplicates(["CustomerID", "consequents"])
-        picks.append(fresh[["CustomerID", "consequents", "rule"]].rename(columns={"consequents": "StockCode"}))
-    from_rules = (pd.concat(picks, ignore_index=True) if picks else pd.DataFrame(columns=["CustomerID", "StockCode", "rule"]))
-    from_rules = from_rules.groupby("CustomerID", sort=False).head(per_customer).assign(source="basket rule")
-    # Fill up with the segment's best sellers the customer has not bought (nor been given already).
+    antecedents = single["antecedents"].str.split(SEPARATOR, regex=False).explode()
     best = top_products[["segment", "rank", "StockCode"]]
-    chosen = labels[["CustomerID", "segment"]].merge(best, on="segment", how="inner")
-    taken = pd.concat([bought[["CustomerID", "StockCode"]], from_rules[["CustomerID", "StockCode"]]])
-    chosen = chosen.merge(taken.drop_duplicates(), on=["CustomerID", "StockCode"], how="left", indicator=True)
-    chosen = chosen[chosen["_merge"] == "left_only"].sort_values(["CustomerID", "rank"], kind="stable")
-    have = from_rules.groupby("CustomerID").size()
-    chosen["room"] = per_customer - chosen["CustomerID"].map(have).fillna(0).astype("int64")
-    chosen = chosen[chosen.groupby("CustomerID").cumcount() < chosen["room"]].assign(source="best seller")
-    both = pd.concat([from_rules.assign(order=0, key=from_rules.get("rule", 0)),
-                      chosen.assign(order=1, key=chosen["rank"])], ignore_index=True)
-    both = both.sort_values(["CustomerID", "order", "key"], kind="stable")
-    both["rank"] = both.groupby("CustomerID").cumcount() + 1
-    names = product_names(lines) if "Description" in lines.columns else None
-    out = both[["CustomerID", "rank", "StockCode", "source"]].reset_index(drop=True)
-    if names is not None:
-        out = out.merge(names, on="StockCode", how="left", validate="many_to_one")
+
+    pairs = lines[["CustomerID", "StockCode"]].dropna()
+    who = customers.get_indexer(pairs["CustomerID"])
+    known = who >= 0
+    codes, items = pd.factorize(pd.concat([pairs["StockCode"][known], single["consequents"], antecedents,
+                                           best["StockCode"]], ignore_index=True))
+    n_items = max(len(items), 1)
+    n_bought = int(known.sum())
+    item_of = codes[:n_bought]
+    consequent_item = codes[n_bought:n_bought + len(single)]
+    antecedent_item = codes[n_bought + len(single):n_bought + len(single) + len(antecedents)]
+    best_item = codes[n_bought + len(single) + len(antecedents):]
+    owned = _sorted_unique(who[known].astype("int64") * n_items + item_of)  # (customer, item) keys
+
+    picks = [np.empty((0, 3), dtype="int64")]  # (customer, rule, item)
+    if len(single):
+        basket_matrix = sparse.csr_matrix(
+            (np.ones(len(owned), dtype="int32"), (owned // n_items, owned % n_items)), shape=(len(customers), n_items)
+        )
+        rule_of_part = antecedents.index.to_numpy()
+        sizes = single["antecedent_size"].to_numpy()
+        rule_segment = single["segment"].to_numpy()
+        for segment in np.unique(rule_segment):  # a handful of segments
+            waiting = np.flatnonzero(segment_of == segment)
+            in_segment = np.flatnonzero(rule_segment == segment)
+            segment_picks = np.empty((0, 3), dtype="int64")
+            # The rules in order of strength, a block at a time: a customer who has `per_customer`
+            # distinct items from the stronger rules needs no weaker one, so most customers leave
+            # after the first block and the product stays small however many rules apply.
+            for start in range(0, len(in_segment), RULE_BLOCK):
+                if len(waiting) == 0:
+                    break
+                block = in_segment[start:start + RULE_BLOCK]
+                first, last = block[0], block[-1]  # a segment's rules are contiguous (sorted by segment)
+                parts = (rule_of_part >= first) & (rule_of_part <= last)
+                antecedent_matrix = sparse.csr_matrix(
+                    (np.ones(int(parts.sum()), dtype="int32"), (antecedent_item[parts], rule_of_part[parts] - first)),
+                    shape=(n_items, len(block)),
+                )
+                held = (basket_matrix[waiting] @ antecedent_matrix).tocoo()
+                applies = held.data == sizes[first + held.col]
+                customer, rule = waiting[held.row[applies]], first + held.col[applies].astype("int64")
+                item = consequent_item[rule]
+                fresh = ~_contains(owned, customer.astype("int64") * n_items + item)
+                found = np.column_stack([customer[fresh], rule[fresh], item[fresh]]).astype("int64")
+                segment_picks = np.concatenate([segment_picks, found])
+                distinct = _sorted_unique(segment_picks[:, 0] * n_items + segment_picks[:, 2]) // n_items
+                done = np.flatnonzero(np.bincount(distinct, minlength=len(customers)) >= per_customer)
+                waiting = waiting[~np.isin(waiting, done)]
+            picks.append(segment_picks)
+    found = np.concatenate(picks)
+    found = found[np.lexsort((found[:, 1], found[:, 0]))]
+    from_rules = pd.DataFrame(found, columns=["customer", "key", "item"]).drop_duplicates(["customer", "item"])
+    from_rules = from_rules[from_rules.groupby("customer", sort=False).cumcount() < per_customer]
+
+    # Fill up with the segment's best sellers the customer has not bought (nor been given already).
+    best_codes = pd.DataFrame({"segment": best["segment"].to_numpy(), "key": best["rank"].to_numpy(), "item": best_item})
+    chosen = pd.DataFrame({"customer": np.arange(len(customers)), "segment": segment_of}).merge(best_codes, on="segment")
+    taken = _sorted_unique(np.concatenate([owned, from_rules["customer"].to_numpy() * n_items
+                                           + from_rules["item"].to_numpy()]))
+    chosen = chosen[~_contains(taken, chosen["customer"].to_numpy() * n_items + chosen["item"].to_numpy())]
+    chosen = chosen.sort_values(["customer", "key"], kind="stable")
+    have = np.bincount(from_rules["customer"].to_numpy(), minlength=len(customers))
+    room = per_customer - have[chosen["customer"].to_numpy()]
+    chosen = chosen[chosen.groupby("customer", sort=False).cumcount().to_numpy() < room]
+
+    both = pd.concat([from_rules.assign(order=0, source="basket rule"),
+                      chosen[["customer", "key", "item"]].assign(order=1, source="best seller")], ignore_index=True)
+    both = both.sort_values(["customer", "order", "key"], kind="stable")
+    out = pd.DataFrame({
+        "CustomerID": customers[both["customer"].to_numpy()].to_numpy(),
+        "rank": both.groupby("customer", sort=False).cumcount().to_numpy() + 1,
+        "StockCode": items[both["item"].to_numpy()].to_numpy() if len(items) else np.array([], dtype=object),
+        "source": both["source"].to_numpy(),
+    })
+    if "Description" in lines.columns:
+        out = out.merge(product_names(lines), on="StockCode", how="left", validate="many_to_one")
     else:
         out["Description"] = pd.NA
     out["Description"] = out["Description"].astype("str").str.strip()
     return out[list(columns)].astype(columns).reset_index(drop=True)
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """The distinct values of an integer array, sorted (a sort and one pass: numpy's hash-based
+    unique is several times slower on millions of keys)."""
+    keys = np.sort(keys)
+    return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
+
+
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each of `keys` is in the sorted array `sorted_keys`."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    at = np.searchsorted(sorted_keys, keys).clip(max=len(sorted_keys) - 1)
+    return sorted_keys[at] == keys
 
 
 def rules_metrics(rules: pd.DataFrame) -> dict:
@@ -432,8 +607,8 @@ def _shortened(text: pd.Series, width: int) -> pd.Series:
 
 
 def basket_stage(clean: pd.DataFrame, labels: pd.DataFrame, *, service_codes: list[dict] | None,
-                 basket_min_support: float, basket_min_baskets: int, basket_min_lift: float, basket_max_len: int
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+                 basket_min_support: float, basket_min_baskets: int, basket_min_lift: float, basket_max_len: int,
+                 basket_sample_error: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """The basket stage: rules per segment and for all customers, the recommendations per best
     seller and per customer, the chart.
 
@@ -443,15 +618,28 @@ def basket_stage(clean: pd.DataFrame, labels: pd.DataFrame, *, service_codes: li
     from customer_segments.tasks.segmentation.best_sellers import top_products
 
     codes = pd.DataFrame(service_codes) if service_codes else None
-    rules = basket_rules(clean, labels, codes, basket_min_support, basket_min_baskets, basket_max_len, basket_min_lift)
+    lines = product_lines(clean, codes)  # once: the rules and the recommendations are of products only
+    rules = basket_rules(lines, labels, None, basket_min_support, basket_min_baskets, basket_max_len, basket_min_lift,
+                         sample_error=basket_sample_error)
     best = top_products(clean, labels, service_codes=codes)
-    per_customer = customer_recommendations(product_lines(clean, codes), labels, rules, best)
+    per_customer = customer_recommendations(lines, labels, rules, best)
     return rules, recommendations(rules, best), per_customer, {"basket_top_rules": top_rules_plot(rules)}
 
 
 def basket_metrics(frames, params) -> dict:
+    """Rules per group, recommendations, and which groups were mined from a sample of their baskets."""
     per_customer = frames["customer_recommendations"]
-    return rules_metrics(frames["basket_rules"]) | {
+    mined = frames["basket_rules"].attrs.get("mined", [])
+    sampled = [group for group in mined if group["mined"] < group["baskets"]]
+    sampling = {"basket_sampled_groups": sampled} if sampled else {}
+    if sampled:
+        sizes = ", ".join("{:,} of {:,}".format(group["mined"], group["baskets"]) for group in sampled)
+        sampling["basket_sample_note"] = (
+            f"{len(sampled)} of {len(mined)} group(s) mined from a random sample of their baskets "
+            f"({sizes}): a rule's support is "
+            f"estimated within {params['basket_sample_error']:.0%} of the support threshold at "
+            f"{SAMPLE_CONFIDENCE:.0%} confidence")
+    return rules_metrics(frames["basket_rules"]) | sampling | {
         "recommendations": len(frames["recommendations"]),
         "customers_with_recommendations": int(per_customer["CustomerID"].nunique()),
         "customer_recommendations_from_rules": int((per_customer["source"] == "basket rule").sum()),
