@@ -46,7 +46,11 @@ EXPORT_TO = Param("export_to", str | None, None,
                   "After the run, export its customer table to this .csv or .parquet file or PostgreSQL table "
                   "(postgresql://USER@HOST/DB?table=SCHEMA.TABLE); an export that fails leaves the run complete.",
                   changes_results=False, metavar="TARGET")
-RUN_PARAMS = (AS_OF, ARTIFACTS, ENGINE, EXPORT_TO)
+THREADS = Param("threads", int | None, None,
+                 "Threads each stage's compiled steps (k-means, BLAS, Arrow) may use. Stages already run side by "
+                 "side, one per core; default: 1 on a machine of up to 4 cores (measured fastest on 2), else all.",
+                 ge=1, changes_results=False, metavar="N")
+RUN_PARAMS = (AS_OF, ARTIFACTS, ENGINE, EXPORT_TO, THREADS)
 
 # Facts of a run the runtime provides (not set by users); stages name those they read in `uses`.
 RUN_FACTS = {

@@ -118,10 +118,35 @@ def _input_refs(stage: Stage, upstream: Sequence[StageResult]) -> dict[str, Data
     return {d: available[d] for d in stage.inputs if d in available}
 
 
+# Stages run side by side (one per helper process); each may use this many threads in its
+# compiled steps unless the run says otherwise (see catalogue.THREADS).
+FEW_CORES = 4
+
+
+def default_threads() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cores <= FEW_CORES else cores
+
+
+def use_threads(threads: int | None) -> int:
+    """Set the threads of BLAS, OpenMP (scikit-learn's k-means) and Arrow in this process for the
+    stage about to compute. Set, not restored: stages of one run share the setting, and stages
+    computing side by side in one process would otherwise restore each other's."""
+    import pyarrow as pa
+    from threadpoolctl import threadpool_limits
+
+    threads = threads or default_threads()
+    if pa.cpu_count() != threads:
+        pa.set_cpu_count(threads)
+    threadpool_limits(limits=threads)
+    return threads
+
+
 def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef], facts: dict[str, Any],
              entry_dir: Path, key: str) -> dict[str, Any]:
     _injected_fault(stage.name, "fail")
     on_dask = context.params.get("engine") == "dask" and stage.dask_transform is not None
+    use_threads(context.params.get("threads"))
     with (dask_client() if on_dask else nullcontext()):
         frames = {d: (load_dask_frame if on_dask and inputs[d].is_partitioned else load_frame)(inputs[d], context.artifacts_dir)
                   if d in inputs else None for d in stage.inputs}
