@@ -618,7 +618,9 @@ def basket_stage(clean: pd.DataFrame, labels: pd.DataFrame, *, service_codes: li
     from customer_segments.tasks.segmentation.best_sellers import top_products
 
     codes = pd.DataFrame(service_codes) if service_codes else None
-    lines = product_lines(clean, codes)  # once: the rules and the recommendations are of products only
+    # Once, and only the columns the rules and recommendations read: at millions of lines a
+    # filtered copy of every column would be gigabytes.
+    lines = product_lines(clean[["CustomerID", "InvoiceNo", "StockCode", "Description"]], codes)
     rules = basket_rules(lines, labels, None, basket_min_support, basket_min_baskets, basket_max_len, basket_min_lift,
                          sample_error=basket_sample_error)
     best = top_products(clean, labels, service_codes=codes)
