@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     section = "\n".join([
         f"Measured {started:%Y-%m-%d %H:%M} UTC with `.venv/bin/python benchmarks/database.py --repeat {args.repeat}`"
-        f" on {info['CPU']}, {info['cores']}, {info['RAM']}: {rows:,} lines of `{args.input.name}` before "
+        f" on {info['cpu']}, {info['cores']}, {info['ram']}: {rows:,} lines of `{args.input.name}` before "
         f"{AS_OF}-01, read from a PostgreSQL table ({pg.__name__.rsplit('.', 1)[-1]}; loading the table took "
         f"{load_seconds:.0f} s).",
         "",
