@@ -178,7 +178,7 @@ PROPENSITY = Stage(
     uses=("cutoff",), metrics=propensity.propensity_metrics,
     figures=(FigureSpec("propensity_gains", "Cumulative gains curve and lift per decile of the repurchase model",
                         "Gains and lift of the repurchase model on the holdout"),),
-    switch="Skip the repurchase propensity model.", label="Repurchase propensity", runs_in="worker",
+    switch="Skip the repurchase propensity model.", label="Repurchase propensity",
     report="propensity",
 )
 CHAID = Stage(
@@ -192,7 +192,7 @@ CHAID = Stage(
         Param("chaid_min_child", int, 50, "Smallest node a CHAID split may make.", ge=1),
     ),
     uses=("cutoff", "horizon"), metrics=chaid.chaid_metrics,
-    switch="Skip the CHAID tree.", label="CHAID", report="propensity",
+    switch="Skip the CHAID tree.", label="CHAID", report="propensity", runs_in="worker",
 )
 CLV = Stage(
     "clv", clv.customer_lifetime_value, inputs=("orders", "cluster_labels", "rfm_scores"), optional=("rfm_scores",),
@@ -215,7 +215,7 @@ CLV = Stage(
                                   "in the calibration period, observed beside predicted",
                    "The model's check: predicted against observed purchases in the held-out months"),
     ),
-    switch="Skip customer lifetime value and churn risk.", label="Customer lifetime value", runs_in="worker",
+    switch="Skip customer lifetime value and churn risk.", label="Customer lifetime value",
     report="value",
 )
 # What `segment assign` needs to place new customers in this run's segments without refitting.
