@@ -1,17 +1,16 @@
 """Market basket analysis: which products are bought together, per segment and for all customers.
 
 A basket is one invoice (InvoiceNo); an item is a StockCode, shown with its most frequent
-description. Frequent itemsets come from mlxtend's FP-growth and rules from its
-`association_rules`; everything here is pure (frames and plain values in, frames out).
+description. Frequent itemsets are counted exactly with sparse matrix products
+(`frequent_itemsets`: the same itemsets as mlxtend's FP-growth, tested) and rules come from
+mlxtend's `association_rules`; everything here is pure (frames and plain values in, frames out).
 
 Memory stays bounded by pruning before any matrix is built. An itemset is frequent when it is in
 at least `min_share` of the group's baskets and in at least `min_baskets` baskets; an itemset is
 never in more baskets than its rarest item, so items below that count cannot be part of any
-frequent itemset and are dropped first. The remaining basket x item incidence is a scipy CSR
-matrix handed to mlxtend as a sparse DataFrame. mlxtend's FP-tree setup still materialises
-`df.values` once as a dense boolean array, so the pruned width is what bounds it: on the full UCI
-data 17,626 baskets x 625 items (11 MB) instead of x 3,648 items. The peak there (about 90 MB)
-is mlxtend's FP-tree of Python objects, which pruning keeps small too.
+frequent itemset and are dropped first. The remaining basket x item incidence is a scipy sparse
+matrix: on the full UCI data 17,626 baskets x 625 items instead of x 3,648 items, and no dense
+baskets x items array is ever built.
 
 On a large input a group's rules are mined from a sample of its baskets. The sample is as big as
 the support threshold needs: with `sample_error` = e, an itemset whose support is the threshold s
