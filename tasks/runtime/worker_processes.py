@@ -163,4 +163,6 @@ def _warm_up_worker() -> None:
         if stage.runs_in == "worker":
             __import__(stage.transform.__module__)
     import mlxtend.frequent_patterns  # noqa: F401  (imported lazily by the basket transform)
-    import CHAID  # noqa: F401  (likewise by the CHAID stage)
+    from customer_segments.tasks.methods.chaid import _tree_class
+
+    _tree_class()  # likewise by the CHAID stage (without the library's warning about plotting)
