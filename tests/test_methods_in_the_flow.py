@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from support import SAMPLE, last_json, run_cli
 
+from customer_segments.tasks.methods.products import is_service_code, load_service_codes
 from customer_segments.tasks.runtime.manifest import Manifest
 
 
@@ -55,3 +56,24 @@ def test_segment_basket_prints_the_rules_of_a_file_or_a_country(tmp_path):
     assert pd.read_csv(tmp_path / "rules.csv")["lift"].min() >= 2
     unknown = run_cli("basket", "--input", str(SAMPLE), "--country", "Atlantis")
     assert unknown.returncode == 2 and "Atlantis" in unknown.stderr and "United Kingdom" in unknown.stderr
+
+
+def test_a_sampled_basket_run_says_so_in_the_manifest_the_summary_and_the_report(prefect_server, tmp_path):
+    # --sample-error 0.9 needs 811 baskets at a 1% support: fewer than the sample's groups hold.
+    done = run_cli("run", "--input", str(SAMPLE), "--artifacts", str(tmp_path), "--sample-error", "0.9",
+                   "--no-chaid", "--no-clv", "--no-propensity", "--no-rfm", "--json")
+    assert done.returncode == 0, done.stderr
+    run_dir = Path(last_json(done.stdout)["run_dir"])
+    manifest = Manifest.model_validate_json((run_dir / "manifest.json").read_text())
+    assert manifest.parameters["basket_sample_error"] == 0.9
+    sampled = manifest.metric("basket", "basket_sampled_groups")
+    assert sampled and all(group["mined"] == 811 < group["baskets"] for group in sampled)
+    everyone = next(group for group in sampled if group["segment"] == -1)
+    clean = pd.read_parquet(run_dir / "clean_invoices.parquet")
+    products = clean[~is_service_code(clean["StockCode"], load_service_codes()).to_numpy()]
+    assert everyone["baskets"] == products["InvoiceNo"].nunique()
+    note = manifest.metric("basket", "basket_sample_note")
+    assert "811 of" in note and "90% of the support threshold at 99% confidence" in note
+    assert ("basket", note) in manifest.notes()  # what the run's summary prints after it
+    html = (run_dir / "report.html").read_text()
+    assert f"from a random sample of 811 of its {everyone['baskets']:,} baskets" in html

@@ -34,6 +34,8 @@ def build(m: Manifest, frames: dict[str, pd.DataFrame], figures: dict[str, Figur
     if not usable and not figs:
         return None
     counts = {int(r["segment"]): r for r in (m.metric("basket", "rules_by_segment") or []) if "segment" in r}
+    # Groups mined from a sample of their baskets (see tasks/methods/basket.py) say so.
+    sampled = {int(g["segment"]): g for g in (m.metric("basket", "basket_sampled_groups") or []) if "segment" in g}
     groups = []
     if usable:
         lhs = "antecedent_names" if "antecedent_names" in rules else "antecedents"
@@ -52,6 +54,10 @@ def build(m: Manifest, frames: dict[str, pd.DataFrame], figures: dict[str, Figur
             note = None
             if info.get("rules") is not None:
                 note = f"{fmt_int(info['rules'])} rules from {fmt_int(info.get('baskets'))} baskets"
+                if int(rank) in sampled:
+                    drawn = sampled[int(rank)]
+                    note = (f"{fmt_int(info['rules'])} rules from a random sample of {fmt_int(drawn['mined'])} "
+                            f"of its {fmt_int(drawn['baskets'])} baskets")
             title = ("All customers" if int(rank) < 0
                      else segs.label(rank, _get(first, "segment_name"), _get(first, "segment_id")))
             groups.append({"title": title, "note": note, "colour": segs.colour(rank), "table": table(
