@@ -18,6 +18,7 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -34,18 +35,22 @@ from customer_segments.tasks.runtime import parameters, postgres, run_folders, w
 from customer_segments.tasks.runtime.graph import pipeline as graph  # noqa: E402
 from customer_segments.tasks.runtime.manifest import Manifest, RunContext, StageRecord, StageResult  # noqa: E402
 from customer_segments.tasks.runtime.stage import Stage  # noqa: E402
-from customer_segments.tasks.runtime.stage_runner import run_stage  # noqa: E402
+from customer_segments.tasks.runtime import stage_runner  # noqa: E402
+from customer_segments.tasks.runtime.stage_runner import compute_stage, gate_stage, run_stage  # noqa: E402
 
 
 def stage_task(stage: Stage):
-    """The Prefect task of a stage: run it where the catalogue says, log one line, return the reference."""
+    """The Prefect task of a stage: compute it where the catalogue says and return the reference.
 
-    def run(context: RunContext, upstream: list[StageResult]) -> Any:
+    Split (the default), the task computes and writes the outputs; the stage's gate task
+    validates them and the flow publishes them. In line (the dask engine), the task does all three.
+    """
+
+    def run(context: RunContext, upstream: list[StageResult], inline: bool = False) -> Any:
         if stage.runs_in == "worker":
-            result = worker_processes.run_stage_in_worker(stage.name, context, upstream)
+            result = worker_processes.run_stage_in_worker(stage.name, context, upstream, inline)
         else:
-            result = run_stage(stage, context, upstream)
-        get_run_logger().info(audit.stage_line(result, upstream))
+            result = (run_stage if inline else compute_stage)(stage, context, upstream)
         if result.record.status == "cached":
             return Completed(name="Cached", message="reused a verified cached output", data=result)
         return result
@@ -53,6 +58,43 @@ def stage_task(stage: Stage):
     run.__name__ = stage.name
     return task(
         name=stage.name, cache_policy=NO_CACHE, persist_result=False,
+        retries=stage.retries, retry_delay_seconds=[2 ** n for n in range(stage.retries)] or 0,
+        retry_condition_fn=retry_transient_only,
+    )(run)
+
+
+class GateFailed(PipelineError):
+    """A critical expectation failed on an output; the flow rejects it when the stage would publish."""
+
+    def __init__(self, stage: str, outcomes: dict[str, Any]):
+        self.stage, self.outcomes = stage, outcomes
+        failed = next(o for o in outcomes.values() if not o.passed)
+        super().__init__(f"Stage {stage}: {failed.message}")
+
+    def __reduce__(self):
+        return (type(self), (self.stage, self.outcomes))
+
+
+@dataclass
+class Gates:
+    """A gate task's result: the outcome per dataset. (An object, not a bare dict: Prefect links
+    a dict result to its task by id(), which a later list of the flow may reuse.)"""
+
+    outcomes: dict[str, Any]
+
+
+def gate_task(stage: Stage):
+    """The Prefect task validating what a stage computed, while later stages may compute from it."""
+
+    def run(context: RunContext, computed: StageResult) -> Gates:
+        outcomes = gate_stage(stage, context, computed)
+        if not all(o.passed for o in outcomes.values()):
+            raise GateFailed(stage.name, outcomes)
+        return Gates(outcomes)
+
+    run.__name__ = f"{stage.name}_gate"
+    return task(
+        name=f"{stage.name}.gate", cache_policy=NO_CACHE, persist_result=False,
         retries=stage.retries, retry_delay_seconds=[2 ** n for n in range(stage.retries)] or 0,
         retry_condition_fn=retry_transient_only,
     )(run)
@@ -70,17 +112,19 @@ def retry_transient_only(task, task_run, state) -> bool:
 
 
 TASKS = {stage.name: stage_task(stage) for stage in catalogue.STAGES}
+GATES = {stage.name: gate_task(stage) for stage in catalogue.STAGES}
 
 
 @task(name="open_run", cache_policy=NO_CACHE, persist_result=False)
 def open_run(context: RunContext, sources: list[StageResult]) -> RunContext:
-    """Fix the run's month from the data, create its folder, and name the flow run after it."""
+    """Fix the run's month from the data and name the flow run after it (the folder is made when
+    the sources' gates have passed)."""
     newest = next((r.record.metrics["last_invoice"] for r in sources if "last_invoice" in r.record.metrics), None)
-    opened = run_folders.open_folder(context, newest)
-    label_flow_run(opened)
-    get_run_logger().info("Run %s: as-of %s (invoices before %s), folder %s", opened.run_id,
-                          opened.params["as_of"], opened.params["cutoff"][:10], opened.run_dir)
-    return opened
+    decided = run_folders.decide_month(context, newest)
+    label_flow_run(decided)
+    get_run_logger().info("Run %s: as-of %s (invoices before %s), folder %s", decided.run_id,
+                          decided.params["as_of"], decided.params["cutoff"][:10], decided.run_dir)
+    return decided
 
 
 @task(name=catalogue.PREVIOUS.name, cache_policy=NO_CACHE, persist_result=False)
@@ -105,59 +149,161 @@ def previous_run(context: RunContext) -> StageResult:
 class Walk:
     """Runs the enabled stages of the catalogue, each as soon as the datasets it reads exist.
 
+    A stage goes through three steps: its task computes and writes the outputs into the cache;
+    its gate task validates them (in the validator process) while later stages already compute
+    from them; the flow publishes it (entry marked complete, files linked into the run folder,
+    manifest) once its gates passed and every stage upstream of it is published. A failed gate
+    fails its stage as a failed stage would, and what was computed from its data is discarded,
+    never published nor reused. With `inline` (the dask engine) a stage's task does all three.
+
     Stages without inputs (ingest) run first, with the run not yet in a folder; once they are
-    done the run folder opens (its month comes from the data) and last month's run is looked up;
-    every other stage gets the opened run. Each outcome is recorded in the manifest as it comes.
-    On a failure nothing new starts; the stages already running finish and are recorded.
+    computed the run's month is fixed from the data and last month's run looked up; the folder
+    opens when their gates have passed. On a failure nothing new starts; the stages already
+    running finish and are recorded.
     """
 
-    def __init__(self, context: RunContext, ledger: run_folders.RunLedger, stages: list[str]):
-        self.context: RunContext | PrefectFuture = context
+    def __init__(self, context: RunContext, ledger: run_folders.RunLedger, stages: list[str], inline: bool = False):
+        self.context: RunContext = context
+        # What tasks get as the context: the open_run future once the month is fixed, so that
+        # Prefect links them to open_run instead of searching the context's values.
+        self.passed: RunContext | PrefectFuture = context
         self.ledger = ledger
+        self.inline = inline
         self.todo = list(stages)
-        self.done: dict[str, PrefectFuture] = {}        # producer name -> its finished future
-        self.running: dict[str, PrefectFuture] = {}
-        self.opened = False
+        self.enabled = set(stages)
+        self.done: dict[str, PrefectFuture] = {}        # computed: the futures later stages read
+        self.computed: dict[str, StageResult] = {}      # computed, not yet published
+        self.used: dict[str, RunContext] = {}           # the context each stage computed with
+        self.outcomes: dict[str, Any] = {}              # gate results (or the GateFailed) by stage
+        self.published: dict[str, StageResult] = {}
+        self.running: dict[PrefectFuture, tuple[str, str]] = {}  # future -> ("compute" | "gate", stage)
+        self.held: dict[str, BaseException] = {}        # failed before their upstream was published
+        self.previous: StageResult | None = None
+        self.decided = self.opened = False
+        # Every task result stays referenced until the run ends: Prefect links results (and the
+        # dicts inside them) to their task runs by id(), which a freed object would hand on to
+        # an unrelated list passed to a later task.
+        self.kept: list[Any] = []
 
     def run(self) -> None:
         first_error: BaseException | None = None
-        while self.todo or self.running:
-            if first_error is None:
+        while True:
+            first_error = self._publish_what_can_be(first_error)
+            if first_error is None and not self.held:
                 try:
-                    self._open_when_sources_are_done()
+                    self._decide_when_sources_are_computed()
                     for name in [n for n in self.todo if self._ready(n)]:
                         self._submit(name)
-                except BaseException as exc:  # the run folder could not be opened
+                except BaseException as exc:  # the run's month could not be fixed
                     first_error = exc
             if not self.running:
-                if first_error is not None or not self.todo:
+                if first_error is not None or self.held or not (self.todo or self.computed):
                     break
-                raise RuntimeError("no stage can start: " + ", ".join(self.todo))  # the graph tests rule this out
-            future = next(as_completed(list(self.running.values())))
-            name = next(n for n, f in self.running.items() if f is future)
-            del self.running[name]
+                raise RuntimeError("no stage can start: " + ", ".join(self.todo or self.computed))
+            future = next(as_completed(list(self.running)))
+            kind, name = self.running.pop(future)
             try:
-                self.ledger.finished(future.result())
-                self.done[name] = future
+                value = future.result()
+                self.kept.append(value)
+            except GateFailed as exc:
+                value = exc
             except BaseException as exc:
-                self.ledger.failed(name, exc)
-                first_error = first_error or exc
+                self.computed.pop(name, None)
+                # A stage that failed on data whose gates are still running: its error counts
+                # once they pass; if one fails, that failure is the run's (see _publish_what_can_be).
+                self.held[name] = exc
+                continue
+            if kind == "gate":
+                self.outcomes[name] = value
+            else:
+                self._computed(name, future, value)
+        for name, result in self.computed.items():  # its data failed a gate upstream
+            stage_runner.discard(catalogue.BY_NAME[name], self.used[name], result)
+            self.ledger.discarded(name)
+        for name in self.held:  # failed on data that failed a gate upstream
+            self.ledger.discarded(name)
         if first_error is not None:
             raise first_error
+
+    def _computed(self, name: str, future: PrefectFuture, result: StageResult) -> None:
+        self.done[name] = future
+        self.computed[name] = result
+        if result.record.status == "computed" and catalogue.BY_NAME[name].outputs:
+            passed = self.passed if self.used[name] is self.context else self.used[name]
+            self.running[GATES[name].submit(passed, future)] = ("gate", name)
+            self.ledger.computed(name)
+        else:
+            self.outcomes[name] = Gates({})
+
+    def _publish_what_can_be(self, first_error: BaseException | None) -> BaseException | None:
+        """Publish every stage whose gates passed and whose upstream stages are all published."""
+        progressed = True
+        while progressed:
+            progressed = False
+            for name in [n for n in self.held if self._upstream_published(n)]:
+                exc = self.held.pop(name)
+                self.ledger.failed(name, exc)
+                first_error = first_error or exc
+            for name in [n for n in self.computed if n in self.outcomes and self._upstream_published(n)]:
+                stage, result = catalogue.BY_NAME[name], self.computed.pop(name)
+                outcome = self.outcomes.pop(name)
+                outcomes = outcome.outcomes
+                progressed = True
+                try:
+                    published = stage_runner.publish_stage(stage, self.used[name], result, outcomes)
+                except BaseException as exc:
+                    self.ledger.failed(name, exc)
+                    first_error = first_error or exc
+                    continue
+                self.published[name] = published
+                self.ledger.finished(published)
+                get_run_logger().info(audit.stage_line(published, self._upstream_results(stage)))
+                try:
+                    self._open_when_sources_are_published()
+                except BaseException as exc:
+                    first_error = first_error or exc
+        return first_error
+
+    def _upstream_results(self, stage: Stage) -> list[StageResult]:
+        found = {**self.published, **({catalogue.PREVIOUS.name: self.previous} if self.previous else {})}
+        return [found[p] for p in graph().upstream_stages(stage) if p in found]
+
+    def _upstream_published(self, name: str) -> bool:
+        stage = catalogue.BY_NAME[name]
+        if stage.inputs and not self.opened:
+            return False
+        return all(p in self.published or p == catalogue.PREVIOUS.name or p not in self.enabled
+                   for p in graph().upstream_stages(stage))
 
     def _sources(self) -> list[str]:
         return [s.name for s in catalogue.STAGES if not s.inputs]
 
-    def _open_when_sources_are_done(self) -> None:
+    def _decide_when_sources_are_computed(self) -> None:
         sources = self._sources()
-        if self.opened or any(n in self.todo or n in self.running for n in sources):
+        if self.decided or any(n in self.todo or n in self.enabled and n not in self.done for n in sources):
             return
-        self.context = open_run.submit(self.context, [self.done[n] for n in sources if n in self.done])
-        self.ledger.opened(self.context.result())
-        self._skip_what_the_input_cannot_feed([self.done[n].result() for n in sources if n in self.done])
-        previous = previous_run.submit(self.context)
-        self.ledger.previous(previous.result())
+        dated = self.context.run_dir is not None or self.context.params.get("as_of") or any(
+            self.computed[n].record.metrics.get("last_invoice") for n in sources if n in self.computed)
+        if not dated and any(n in self.enabled and n not in self.published for n in sources):
+            return  # nothing to date the run by: the sources' gates say what is wrong first
+        decided = open_run.submit(self.context, [self.done[n] for n in sources if n in self.done])
+        self.context, self.passed = decided.result(), decided
+        self._skip_what_the_input_cannot_feed([(self.published.get(n) or self.computed[n])
+                                               for n in sources if n in self.done])
+        previous = previous_run.submit(self.passed)
+        self.previous = previous.result()
         self.done[catalogue.PREVIOUS.name] = previous
+        self.decided = True
+        self._open_when_sources_are_published()
+
+    def _open_when_sources_are_published(self) -> None:
+        """The run folder exists once the sources' gates passed (a bad input leaves no run folder)."""
+        if self.opened or not self.decided or any(n in self.enabled and n not in self.published
+                                                  for n in self._sources()):
+            return
+        opened = run_folders.open_folder(self.context)
+        self.ledger.opened(opened)
+        self.ledger.previous(self.previous)
         self.opened = True
 
     def _skip_what_the_input_cannot_feed(self, sources: list[StageResult]) -> None:
@@ -177,21 +323,25 @@ class Walk:
             reasons.setdefault(name, "it needs the outputs of " + ", ".join(
                 p for p in graph().upstream_stages(catalogue.BY_NAME[name]) if p in reasons))
             self.todo.remove(name)
+            self.enabled.discard(name)
             self.ledger.skipped(name, reasons[name])
 
     def _ready(self, name: str) -> bool:
         stage = catalogue.BY_NAME[name]
-        if stage.inputs and not self.opened:
+        # Split, a stage computes once the run's month is fixed; in line, it also publishes, so
+        # it waits for the run folder.
+        if stage.inputs and not (self.opened if self.inline else self.decided):
             return False
         producers = graph().upstream_stages(stage)
-        return all(p in self.done or (p not in self.todo and p not in self.running) for p in producers)
+        return all(p in self.done or p not in self.enabled and p != catalogue.PREVIOUS.name for p in producers)
 
     def _submit(self, name: str) -> None:
         stage = catalogue.BY_NAME[name]
         upstream = [self.done[p] for p in graph().upstream_stages(stage) if p in self.done]
         self.todo.remove(name)
+        self.used[name] = self.context
         self.ledger.started(name)
-        self.running[name] = TASKS[name].submit(self.context, upstream)
+        self.running[TASKS[name].submit(self.passed, upstream, self.inline)] = ("compute", name)
 
 
 # --- the flow's parameters: the model's, and the options of one call ------------------------------
@@ -245,9 +395,10 @@ def segmentation(**kwargs: Any) -> Manifest:
     # The helpers import Great Expectations and the methods' libraries meanwhile; on the dask engine
     # the stages run on the cluster's workers, and only the validator (Data Docs) is of use here.
     worker_processes.start(worker=context.params.get("engine") != "dask")
+    stage_runner.warm_imports()
     enabled = graph().runnable(stage_switches(context.params))
     try:
-        Walk(context, ledger, enabled).run()
+        Walk(context, ledger, enabled, inline=context.params.get("engine") == "dask").run()
         manifest = ledger.finish("completed")
     except BaseException as exc:
         # The caller (CLI, tests) gets the run's state along with the error.

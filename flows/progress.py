@@ -72,6 +72,7 @@ class Progress:
         self.stream = stream
         self.started = time.monotonic()
         self.running: list[str] = []
+        self.gating: set[str] = set()  # computed, their gates validating
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
@@ -82,11 +83,16 @@ class Progress:
         with self.lock:
             if event == "started" and stage not in self.running:
                 self.running.append(stage)
-            elif event in ("finished", "failed", "skipped") and stage is not None:
+            elif event == "computed" and stage in self.running:
+                self.gating.add(stage)
+            elif event in ("finished", "failed", "skipped", "discarded") and stage is not None:
                 if stage in self.running:
                     self.running.remove(stage)
+                self.gating.discard(stage)
                 record = manifest.stages.get(stage)
-                if record is not None:
+                if event == "discarded":
+                    self._line(f"  {stage:<16} discarded: computed from data that failed a gate")
+                elif record is not None:
                     self._line(f"  {stage:<16} {stage_words(record)}")
             elif event == "opened" and manifest.as_of:
                 self._line(f"Run {manifest.run_id}, as-of {manifest.as_of}")
@@ -112,7 +118,7 @@ class Progress:
             self.stream.write(CLEAR)
         else:
             width = self._width()
-            body = ("▸ running: " + ", ".join(self.running))[: width - len(elapsed) - 1]
+            body = ("▸ running: " + ", ".join(f"{s} (gate)" if s in self.gating else s for s in self.running))[: width - len(elapsed) - 1]
             self.stream.write(f"{CLEAR}{body}{' ' * (width - len(body) - len(elapsed))}{elapsed}")
         self.stream.flush()
 

@@ -18,8 +18,10 @@ from support import SAMPLE, run_cli, run_flow, snapshot
 
 from customer_segments.tasks.errors import PipelineError
 from customer_segments.tasks.runtime.manifest import RunContext
+from customer_segments.tasks.runtime import stage_runner
 from customer_segments.tasks.runtime.stage_runner import QualityError, run_stage
 from customer_segments.tasks.catalogue import CLEAN, FEATURES, INGEST, NORMALIZE, ORDERS
+from customer_segments.tasks.runtime.graph import pipeline
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +188,45 @@ def test_gate_failure_keeps_output_for_inspection_with_report(prefect_server, ba
     assert str(report) in result.stderr
     assert json.loads(report.read_text())["success"] is False
     assert (run_dir / "validation" / "docs" / "index.html").exists()
-    gate = json.loads((run_dir / "manifest.json").read_text())["stages"]["features"]["gates"]["customer_features"]
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    gate = stages["features"]["gates"]["customer_features"]
     assert gate["success"] is False and gate["failed_critical"] >= 1
+    # Later stages may have computed from the features while their gate ran: nothing of theirs
+    # is recorded, and no file is left in a cache entry that is not complete.
+    assert not set(stages) & set(pipeline().downstream("features")) - {"features"}
+    for name in pipeline().order():
+        for entry_dir in (tmp_path / "a" / "cache" / name).glob("*"):
+            assert (entry_dir / "entry.json").exists() or not any(entry_dir.rglob("*.*")), entry_dir
+
+
+def test_work_on_data_whose_gate_fails_is_discarded_and_never_cached(base, tmp_path):
+    """Normalize computes from the features before their gate has judged them (as the flow lets
+    it); the features fail their gate, and what normalize computed is discarded, never reused."""
+    run_dir = tmp_path / "2011-12" / "r"
+    run_dir.mkdir(parents=True)
+    context = RunContext(artifacts=str(tmp_path), run_id="r", started_at="2026-01-01T00:00:00+00:00",
+                         run_dir=str(run_dir),
+                         params={"input_path": str(write_csv(few_customers(base), tmp_path / "x.csv")),
+                                 "input_sha256": "s", "cutoff": "2011-12-01T00:00:00", "k_min": 4, "k_max": 8})
+    upstream = []
+    for step in (INGEST, CLEAN, ORDERS):
+        upstream = [run_stage(step, context, upstream)]
+    features = stage_runner.compute_stage(FEATURES, context, upstream)
+    assert features.record.status == "computed"
+    assert not (tmp_path / "cache" / "features" / features.record.cache_key / "entry.json").exists()
+    normalized = stage_runner.compute_stage(NORMALIZE, context, [features])  # before the gate
+    assert normalized.record.status == "computed"
+    outcomes = stage_runner.gate_stage(FEATURES, context, features)
+    assert not outcomes["customer_features"].passed
+    with pytest.raises(QualityError):
+        stage_runner.publish_stage(FEATURES, context, features, outcomes)
+    stage_runner.discard(NORMALIZE, context, normalized)
+    assert not (tmp_path / "cache" / "normalize" / normalized.record.cache_key).exists()
+    assert {p.parent.parent.name for p in (tmp_path / "cache").glob("*/*/entry.json")} == {"ingest", "clean", "orders"}
+    assert not (run_dir / "normalized_features.parquet").exists()
+    # Computed again, the stage does not reuse the discarded work.
+    again = stage_runner.compute_stage(NORMALIZE, context, [features])
+    assert again.record.status == "computed"
 
 
 def stage_with(stage, corrupt):

@@ -20,13 +20,16 @@ def expected_edges() -> dict[str, set[str]]:
     """Each task and the task runs whose outputs it reads, from the catalogue's dataset names.
 
     Every stage but the sources reads the opened run (open_run); open_run reads the sources, and
-    the previous-month step reads the opened run.
+    the previous-month step reads the opened run. Each stage with tables has a gate task
+    (`<stage>.gate`) reading what it computed.
     """
     graph = pipeline()
     sources = {s.name for s in catalogue.STAGES if not s.inputs}
     edges = {name: set(graph.upstream_stages(catalogue.BY_NAME[name])) | ({"open_run"} if name not in sources else set())
              for name in graph.order()}
-    return edges | {"open_run": sources, catalogue.PREVIOUS.name: {"open_run"}}
+    gates = {f"{name}.gate": {name} | ({"open_run"} if name not in sources else set())
+             for name in graph.order() if catalogue.BY_NAME[name].outputs}
+    return edges | gates | {"open_run": sources, catalogue.PREVIOUS.name: {"open_run"}}
 
 
 @pytest.fixture(scope="module")

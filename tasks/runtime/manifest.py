@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-StageStatus = Literal["running", "completed", "cached", "failed", "skipped"]
+# "computed": outputs written, gates pending (a stage result between compute and publish, never
+# in a saved manifest).
+StageStatus = Literal["running", "computed", "completed", "cached", "failed", "skipped"]
 RunStatus = Literal["running", "completed", "failed"]
 
 
@@ -90,6 +92,8 @@ class StageResult(BaseModel):
     # The metrics of this stage and of every stage upstream of it: with the run's parameters,
     # what later quality gates may refer to (e.g. the customer count, the chosen k).
     facts: dict[str, Any] = Field(default_factory=dict)
+    # Between compute and publish: the cache entry to complete once the gates have passed.
+    entry: dict[str, Any] | None = None
 
     def dataset(self, name: str) -> DatasetRef | None:
         return self.record.outputs.get(name)

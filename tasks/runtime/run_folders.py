@@ -172,6 +172,16 @@ class RunLedger:
         self.save(result.stage)
         self._tell("finished", result.stage)
 
+    def computed(self, stage: str) -> None:
+        """The stage's outputs are written; its gates are validating them."""
+        self._tell("computed", stage)
+
+    def discarded(self, stage: str) -> None:
+        """The stage computed from data that then failed a gate: as if it had never started."""
+        self.manifest.stages.pop(stage, None)
+        self.save(stage)
+        self._tell("discarded", stage)
+
     def failed(self, stage: str, exc: BaseException) -> None:
         """Record the stage that raised.
 
@@ -396,8 +406,8 @@ def reference_tables() -> dict[str, Any]:
     return {name: load().to_dict(orient="records") for name, load in REFERENCE_TABLES.items()}
 
 
-def open_folder(context: RunContext, newest_invoice: str | None) -> RunContext:
-    """Fix the as-of month and cutoff (from the newest invoice when not given); create the folder."""
+def decide_month(context: RunContext, newest_invoice: str | None) -> RunContext:
+    """Fix the as-of month and cutoff (from the newest invoice when not given) and the run's folder."""
     if context.run_dir is not None:  # a resumed run has its folder and month already
         return context
     requested = parse_month(context.params.get("as_of"))
@@ -409,9 +419,14 @@ def open_folder(context: RunContext, newest_invoice: str | None) -> RunContext:
         requested = pd.Timestamp(newest_invoice).to_period("M")
     as_of = str(requested)
     run_dir = context.artifacts_dir / as_of / context.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
     params = dict(context.params, as_of=as_of, cutoff=requested.start_time.isoformat())
     return context.model_copy(update={"params": params, "run_dir": str(run_dir)})
+
+
+def open_folder(context: RunContext) -> RunContext:
+    """Create the run's folder (its month decided by `decide_month`)."""
+    Path(context.run_dir).mkdir(parents=True, exist_ok=True)
+    return context
 
 
 def previous_run(artifacts: Path, as_of: str, params: dict[str, Any]) -> Manifest | None:

@@ -1,13 +1,23 @@
 """The stage runner: everything a stage needs besides its pure transform, done the same way for all.
 
-For one stage it: finds its input datasets among the upstream stages' results, derives the cache
-key (inputs' hashes, parameters, code and library versions, quality suites), reuses a complete
-cached output whose bytes still hash right, or else reads the inputs, calls the transform, writes
-each output atomically into the content-addressed cache, validates it with its quality suite,
-and links the files into the run folder. It returns a small `StageResult`; the flow records it
-in the run's manifest.
+A stage goes through three steps, which the flow may run apart:
 
-No Prefect here: flows/ wraps `run_stage` in a task; tests call it directly.
+- **compute** (`compute_stage`): find its input datasets among the upstream stages' results,
+  derive the cache key (inputs' hashes, parameters, code and library versions, quality suites),
+  reuse a complete cached output whose bytes still hash right, or else read the inputs, call the
+  transform and write each output atomically into the content-addressed cache entry;
+- **gate** (`gate_stage`): validate each written output with its quality suite;
+- **publish** (`publish_stage`): once the gates passed, write the entry file that marks the
+  outputs complete (what later runs reuse) and link the files into the run folder. A failed
+  gate instead moves the output aside and raises `QualityError`; `discard` removes outputs
+  computed from data whose own gate failed, so they are never reused.
+
+Later stages may compute from an output whose gate is still running: the flow publishes a stage
+only after its own gates and every stage upstream of it have been published. `run_stage` does the
+three in line, for tests, a worker without the flow, and the dask engine. Each returns a small
+`StageResult`; the flow records the published one in the run's manifest.
+
+No Prefect here: flows/ wraps these in tasks; tests call them directly.
 """
 
 from __future__ import annotations
@@ -87,7 +97,17 @@ def cache_key(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef
 
 
 def run_stage(stage: Stage, context: RunContext, upstream: Sequence[StageResult] = ()) -> StageResult:
-    """Produce (or reuse) the stage's outputs and return its result (small, picklable)."""
+    """Compute (or reuse), validate and publish the stage's outputs, in line; return its result."""
+    result = compute_stage(stage, context, upstream)
+    return publish_stage(stage, context, result, gate_stage(stage, context, result))
+
+
+def compute_stage(stage: Stage, context: RunContext, upstream: Sequence[StageResult] = ()) -> StageResult:
+    """Reuse a verified cache entry, or compute and write the outputs (not yet validated).
+
+    The result's outputs point at the cache entry's files; its `entry` is what `publish_stage`
+    completes (status "cached": already complete, "computed": awaiting its gates).
+    """
     started = time.perf_counter()
     inputs = _input_refs(stage, upstream)
     upstream_metrics = {k: v for result in upstream for k, v in result.facts.items()}
@@ -97,17 +117,101 @@ def run_stage(stage: Stage, context: RunContext, upstream: Sequence[StageResult]
         entry = None if stage.name in context.refresh else _verified_entry(entry_dir)
         status = "cached"
         if entry is None:
-            entry = _compute(stage, context, inputs, {**context.facts(), **upstream_metrics}, entry_dir, key)
-            status = "completed"
-        outputs = {name: _place(stage, context, entry_dir, name, info) for name, info in entry["outputs"].items()}
+            entry = _compute(stage, context, inputs, entry_dir)
+            status = "computed"
+        outputs = {name: _reference(context, entry_dir, name, info) for name, info in entry["outputs"].items()}
     except OSError as exc:
-        folder = Path(exc.filename).parent if exc.filename and os.path.isabs(exc.filename) else entry_dir
-        raise disk_full(exc, stage.name, folder, context.run_id, resumable=context.run_dir is not None) from None
+        raise _disk_full(exc, stage, context, entry_dir) from None
     record = StageRecord(
         status=status, cache_key=key, outputs=outputs, metrics=entry.get("metrics", {}),
         gates=entry.get("gates", {}), seconds=round(time.perf_counter() - started, 3),
     )
-    return StageResult(stage=stage.name, record=record, facts={**upstream_metrics, **record.metrics})
+    return StageResult(stage=stage.name, record=record, facts={**upstream_metrics, **record.metrics}, entry=entry)
+
+
+def gate_stage(stage: Stage, context: RunContext, result: StageResult) -> dict[str, gate.GateOutcome]:
+    """Validate each table a stage computed; stop at the first that fails (nothing for a cached one).
+
+    Reads the written files, so it may run in another process or while later stages compute.
+    """
+    if result.record.status != "computed" or result.entry is None:
+        return {}
+    entry_dir = context.cache_dir / stage.name / result.record.cache_key
+    facts = {**context.facts(), **result.facts}  # a stage's own facts (the customer count) too
+    on_dask = context.params.get("engine") == "dask" and stage.dask_transform is not None
+    outcomes: dict[str, gate.GateOutcome] = {}
+    for dataset in stage.outputs:
+        info = result.entry["outputs"][dataset]
+        if info.get("parts"):
+            with (dask_client() if on_dask else nullcontext()):
+                outcome = gate.check_parts(dataset, [entry_dir / info["file"] / p["file"] for p in info["parts"]], facts)
+        else:
+            with _FRAMES_LOCK:
+                frame = _FRAMES.get(info["sha256"])
+            outcome = gate.check(dataset, entry_dir / info["file"], facts, frame=frame)
+        outcomes[dataset] = outcome
+        if not outcome.passed:
+            break
+    return outcomes
+
+
+def publish_stage(stage: Stage, context: RunContext, result: StageResult,
+                  outcomes: Mapping[str, gate.GateOutcome]) -> StageResult:
+    """Complete a computed stage whose gates passed (or reject it), and link it into the run folder.
+
+    Call it only once every stage upstream of this one is published. A result already published
+    (no `entry`) is returned as it is.
+    """
+    if result.entry is None:
+        return result
+    started = time.perf_counter()
+    key = result.record.cache_key
+    entry_dir = context.cache_dir / stage.name / key
+    entry = result.entry
+    gate_seconds = 0.0
+    try:
+        if result.record.status == "computed":
+            outputs = dict(entry["outputs"])
+            gates: dict[str, dict[str, Any]] = {}
+            for dataset, outcome in outcomes.items():
+                if not outcome.passed:
+                    _reject(stage, context, dataset, entry_dir / outputs[dataset]["file"], outcome,
+                            entry.get("metrics", {}), key)
+            missing = [d for d in stage.outputs if d not in outcomes]
+            if missing:
+                raise RuntimeError(f"stage {stage.name}: no gate result for {', '.join(missing)}")
+            for dataset, outcome in outcomes.items():
+                gates[dataset] = outcome.summary
+                gate_seconds += float(outcome.summary.get("seconds") or 0)
+                relname = f"validation/{dataset}.json"
+                storage.write_bytes_atomic(entry_dir / relname, outcome.report)
+                outputs[relname] = {"file": relname, "sha256": storage.sha256_bytes(outcome.report), "rows": None,
+                                    "columns": None}
+            entry = {"stage": stage.name, "outputs": outputs, "metrics": entry.get("metrics", {}), "gates": gates}
+            # The entry file is written last: its presence is what marks the outputs complete.
+            storage.write_json(entry_dir / ENTRY, entry)
+        outputs = {name: _place(stage, context, entry_dir, name, info) for name, info in entry["outputs"].items()}
+    except OSError as exc:
+        raise _disk_full(exc, stage, context, entry_dir) from None
+    seconds = (result.record.seconds or 0) + gate_seconds + (time.perf_counter() - started)
+    status = "cached" if result.record.status == "cached" else "completed"
+    record = result.record.model_copy(update={"status": status, "outputs": outputs, "gates": entry.get("gates", {}),
+                                              "seconds": round(seconds, 3)})
+    return result.model_copy(update={"record": record, "entry": None})
+
+
+def discard(stage: Stage, context: RunContext, result: StageResult) -> None:
+    """Remove outputs computed from data that failed a gate upstream: never complete, never reused."""
+    if result.record.status != "computed" or result.record.cache_key is None:
+        return
+    entry_dir = context.cache_dir / stage.name / result.record.cache_key
+    if not (entry_dir / ENTRY).exists():  # another run may have completed the same entry meanwhile
+        shutil.rmtree(entry_dir, ignore_errors=True)
+
+
+def _disk_full(exc: OSError, stage: Stage, context: RunContext, entry_dir: Path):
+    folder = Path(exc.filename).parent if exc.filename and os.path.isabs(exc.filename) else entry_dir
+    return disk_full(exc, stage.name, folder, context.run_id, resumable=context.run_dir is not None)
 
 
 def _input_refs(stage: Stage, upstream: Sequence[StageResult]) -> dict[str, DatasetRef]:
@@ -142,9 +246,39 @@ def use_threads(threads: int | None) -> int:
     return threads
 
 
-def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef], facts: dict[str, Any],
-             entry_dir: Path, key: str) -> dict[str, Any]:
+# The compiled libraries stages import when they first compute. Two stages computing side by side
+# may both import one of them for the first time; scikit-learn's circular imports then fail in
+# one thread ("partially initialized module"). They are imported in one thread while the sources
+# are read (`warm_imports`), and later stages wait for it.
+SHARED_IMPORTS = ("scipy.optimize", "scipy.sparse", "scipy.special", "sklearn.base", "sklearn.cluster",
+                  "sklearn.linear_model", "sklearn.metrics", "sklearn.pipeline", "sklearn.preprocessing",
+                  "matplotlib.figure", "matplotlib.colors", "matplotlib.patches", "kneed")
+_warming: threading.Thread | None = None
+
+
+def warm_imports() -> None:
+    """Start importing SHARED_IMPORTS in a thread of this process (once)."""
+    global _warming
+    if _warming is None:
+        _warming = threading.Thread(target=_import_shared, name="warm-imports", daemon=True)
+        _warming.start()
+
+
+def _import_shared() -> None:
+    import importlib
+
+    for module in SHARED_IMPORTS:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # a stage that needs it says so when it runs
+            pass
+
+
+def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef], entry_dir: Path) -> dict[str, Any]:
+    """Read the inputs, call the transform, write the outputs and figures; the entry to complete."""
     _injected_fault(stage.name, "fail")
+    if stage.inputs and _warming is not None:
+        _warming.join()
     on_dask = context.params.get("engine") == "dask" and stage.dask_transform is not None
     use_threads(context.params.get("threads"))
     with (dask_client() if on_dask else nullcontext()):
@@ -161,46 +295,29 @@ def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef]
         files = {f"plots/{stem}.png": _png_bytes(fig) for stem, fig in sorted(figures.items())}
         measure = stage.dask_metrics if on_dask and stage.dask_metrics else stage.metrics
         metrics = _plain(measure({**frames, **produced}, params)) if measure else {}
-        facts = {**facts, **metrics}  # a stage's own facts (the customer count) are visible to its gates
         _injected_fault(stage.name, "disk-full")
-
-        outputs: dict[str, dict[str, Any]] = {}
-        gates: dict[str, dict[str, Any]] = {}
-        for dataset, frame in produced.items():
-            info, outcome = _write_table(stage, dataset, frame, entry_dir, facts)
-            if not outcome.passed:
-                _reject(stage, context, dataset, entry_dir / info["file"], outcome, metrics, key)
-            gates[dataset] = outcome.summary
-            files[f"validation/{dataset}.json"] = outcome.report
-            outputs[dataset] = info
+        outputs = {dataset: _write_table(stage, dataset, frame, entry_dir) for dataset, frame in produced.items()}
     for relname, data in files.items():
         storage.write_bytes_atomic(entry_dir / relname, data)
         outputs[relname] = {"file": relname, "sha256": storage.sha256_bytes(data), "rows": None, "columns": None}
-    entry = {"stage": stage.name, "outputs": outputs, "metrics": metrics, "gates": gates}
-    # The entry file is written last: its presence is what marks the outputs complete.
-    storage.write_json(entry_dir / ENTRY, entry)
-    return entry
+    return {"stage": stage.name, "outputs": outputs, "metrics": metrics}
 
 
-def _write_table(stage: Stage, dataset: str, frame, entry_dir: Path, facts: dict[str, Any]):
-    """Write one output (a file, or a folder of parts for a dask DataFrame) and validate it."""
+def _write_table(stage: Stage, dataset: str, frame, entry_dir: Path) -> dict[str, Any]:
+    """Write one output: a file, or a folder of parts for a dask DataFrame."""
     if storage.is_dask(frame):
         folder = entry_dir / dataset
         parts = storage.write_partitioned(frame, folder)
         _injected_fault(stage.name, "hang")
-        outcome = gate.check_parts(dataset, [folder / p["file"] for p in parts], facts)
-        info = {"file": dataset, "sha256": storage.parts_sha256(parts), "rows": sum(p["rows"] for p in parts),
+        return {"file": dataset, "sha256": storage.parts_sha256(parts), "rows": sum(p["rows"] for p in parts),
                 "columns": [str(c) for c in frame.columns], "parts": parts}
-        return info, outcome
     relname = f"{dataset}.parquet"
-    path = entry_dir / relname
     data = storage.parquet_bytes(frame)
-    storage.write_bytes_atomic(path, data)
+    storage.write_bytes_atomic(entry_dir / relname, data)
     _injected_fault(stage.name, "hang")
-    outcome = gate.check(dataset, path, facts, frame=frame)
     sha = storage.sha256_bytes(data)
     remember_frame(sha, frame)
-    return {"file": relname, "sha256": sha, "rows": len(frame), "columns": [str(c) for c in frame.columns]}, outcome
+    return {"file": relname, "sha256": sha, "rows": len(frame), "columns": [str(c) for c in frame.columns]}
 
 
 def _reject(stage: Stage, context: RunContext, dataset: str, path: Path, outcome: gate.GateOutcome,
@@ -260,20 +377,26 @@ def _verified_entry(entry_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def _reference(context: RunContext, entry_dir: Path, name: str, info: dict[str, Any]) -> DatasetRef:
+    """The reference of an output in its cache entry (where later stages read it before it is published)."""
+    source = entry_dir / info["file"]
+    return DatasetRef(name=name, file=info["file"], path=source.relative_to(context.artifacts_dir).as_posix(),
+                      sha256=info["sha256"], rows=info["rows"], columns=info["columns"], parts=info.get("parts"))
+
+
 def _place(stage: Stage, context: RunContext, entry_dir: Path, name: str, info: dict[str, Any]) -> DatasetRef:
     """The output's reference; links it into the run folder when there is one.
 
     Shared tables (the parsed input) stay in the cache; their reports are linked into the run
     folder once it exists (see `link_into_run`).
     """
-    source = entry_dir / info["file"]
-    target = source
-    if context.folder is not None and not (stage.shared and info["rows"] is not None):
-        target = context.folder / info["file"]
-        for part in info.get("parts") or [None]:  # a partitioned dataset: each of its parts
-            storage.link_or_copy(source / part["file"] if part else source, target / part["file"] if part else target)
-    return DatasetRef(name=name, file=info["file"], path=target.relative_to(context.artifacts_dir).as_posix(),
-                      sha256=info["sha256"], rows=info["rows"], columns=info["columns"], parts=info.get("parts"))
+    ref = _reference(context, entry_dir, name, info)
+    if context.folder is None or (stage.shared and info["rows"] is not None):
+        return ref
+    source, target = entry_dir / info["file"], context.folder / info["file"]
+    for part in info.get("parts") or [None]:  # a partitioned dataset: each of its parts
+        storage.link_or_copy(source / part["file"] if part else source, target / part["file"] if part else target)
+    return ref.model_copy(update={"path": target.relative_to(context.artifacts_dir).as_posix()})
 
 
 def load_dask_frame(ref: DatasetRef, artifacts: Path):

@@ -141,18 +141,19 @@ def _serve(conn, handlers: dict[str, Callable[..., Any]]) -> None:
 # references; the flow's thread waits on the socket. Without the worker it runs in this process.
 
 
-def run_stage_in_worker(stage_name: str, context, upstream: list) -> Any:
+def run_stage_in_worker(stage_name: str, context, upstream: list, inline: bool = True) -> Any:
+    """Compute the stage in the worker (and, in line, validate and publish it there too)."""
     worker = channel("work")
     if worker is not None:
-        return worker.call("stage", stage_name, context, list(upstream))
-    return _run_stage(stage_name, context, upstream)
+        return worker.call("stage", stage_name, context, list(upstream), inline)
+    return _run_stage(stage_name, context, upstream, inline)
 
 
-def _run_stage(stage_name: str, context, upstream: list) -> Any:
+def _run_stage(stage_name: str, context, upstream: list, inline: bool = True) -> Any:
     from customer_segments.tasks.catalogue import BY_NAME
-    from customer_segments.tasks.runtime.stage_runner import run_stage
+    from customer_segments.tasks.runtime.stage_runner import compute_stage, run_stage
 
-    return run_stage(BY_NAME[stage_name], context, upstream)
+    return (run_stage if inline else compute_stage)(BY_NAME[stage_name], context, upstream)
 
 
 def _warm_up_worker() -> None:
