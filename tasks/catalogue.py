@@ -48,8 +48,7 @@ EXPORT_TO = Param("export_to", str | None, None,
                   changes_results=False, metavar="TARGET")
 THREADS = Param("threads", int | None, None,
                  "Threads each stage's compiled steps (k-means, BLAS, Arrow) may use. Stages already run side by "
-                 "side, one per core; default: 1 on a machine of up to 4 cores (measured fastest on 2), else all; "
-                 "reading the input (nothing runs beside it) uses all.",
+                 "side, one per core; default: 1 on a machine of up to 4 cores (measured fastest on 2), else all.",
                  ge=1, changes_results=False, metavar="N")
 RUN_PARAMS = (AS_OF, ARTIFACTS, ENGINE, EXPORT_TO, THREADS)
 

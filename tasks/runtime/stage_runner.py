@@ -227,11 +227,9 @@ def _input_refs(stage: Stage, upstream: Sequence[StageResult]) -> dict[str, Data
 FEW_CORES = 4
 
 
-def default_threads(alone: bool = False) -> int:
-    """1 on a machine of up to FEW_CORES cores, else all; all for a stage that computes `alone`
-    (the sources, read before any other stage can start)."""
+def default_threads() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores if alone or cores > FEW_CORES else 1
+    return 1 if cores <= FEW_CORES else cores
 
 
 def use_threads(threads: int | None) -> int:
@@ -282,7 +280,7 @@ def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef]
     if stage.inputs and _warming is not None:
         _warming.join()
     on_dask = context.params.get("engine") == "dask" and stage.dask_transform is not None
-    use_threads(context.params.get("threads") or default_threads(alone=not stage.inputs))
+    use_threads(context.params.get("threads"))
     with (dask_client() if on_dask else nullcontext()):
         frames = {d: (load_dask_frame if on_dask and inputs[d].is_partitioned else load_frame)(inputs[d], context.artifacts_dir)
                   if d in inputs else None for d in stage.inputs}
