@@ -75,10 +75,15 @@ def test_sigkill_mid_stage_then_resume_is_byte_identical(prefect_server, sample,
     )
     deadline = time.monotonic() + 300
     half_written = []
-    while time.monotonic() < deadline and not half_written:
+    published = []
+    # profile hangs once its output is written; cluster, which it reads, is published as soon as
+    # its gate has passed (profile may compute before that).
+    while time.monotonic() < deadline and not (half_written and published):
         half_written = list((tmp_path / "cache" / "profile").glob("*/segment_profiles.parquet"))
+        published = list((tmp_path / "cache" / "cluster").glob("*/entry.json"))
         time.sleep(0.2)
     assert half_written, "the profile stage never started"
+    assert published, "the cluster stage was never published"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(30)
     run_dir = next(tmp_path.glob("*/*/manifest.json")).parent
