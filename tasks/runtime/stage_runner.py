@@ -239,6 +239,7 @@ def use_threads(threads: int | None) -> int:
     import pyarrow as pa
     from threadpoolctl import threadpool_limits
 
+    storage.use_jemalloc()
     threads = threads or default_threads()
     if pa.cpu_count() != threads:
         pa.set_cpu_count(threads)
