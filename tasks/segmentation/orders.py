@@ -12,6 +12,7 @@ alphabetically first on a tie) when the export has countries.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 COLUMNS = ("InvoiceNo", "CustomerID", "InvoiceDate", "value", "lines", "items")
@@ -19,21 +20,41 @@ COLUMNS = ("InvoiceNo", "CustomerID", "InvoiceDate", "value", "lines", "items")
 
 def orders(clean: pd.DataFrame) -> pd.DataFrame:
     """One row per InvoiceNo of the clean lines, sorted by CustomerID, InvoiceDate, InvoiceNo."""
-    grouped = clean.groupby("InvoiceNo", sort=True, observed=True)
+    # The invoice numbers are hashed once, into codes in InvoiceNo order; the groups, the
+    # countries and the join of the two use the codes (at millions of lines, hashing the strings
+    # for each of them took most of the stage). The sums are pandas' own, over the same rows in
+    # the same order, so they are the same to the last bit.
+    invoice, invoices = pd.factorize(clean["InvoiceNo"], sort=True)
+    if (invoice < 0).any():  # lines without an invoice number belong to no order
+        clean, invoice = clean.loc[invoice >= 0], invoice[invoice >= 0]
+    grouped = clean.groupby(invoice, sort=True)
     table = grouped.agg(CustomerID=("CustomerID", "first"), InvoiceDate=("InvoiceDate", "min"),
-                        value=("Sales", "sum"), lines=("InvoiceNo", "size"))
+                        value=("Sales", "sum"), lines=("Sales", "size"))
     table["items"] = grouped["Quantity"].sum() if "Quantity" in clean.columns else table["lines"]
-    table = table.reset_index().astype({"lines": "int64", "items": "int64", "value": "float64"})
+    table = table.astype({"lines": "int64", "items": "int64", "value": "float64"}).reset_index(drop=True)
+    table.insert(0, "InvoiceNo", pd.Series(invoices, dtype="str"))
+    columns = list(COLUMNS)
     if "Country" in clean.columns:
-        table = table.merge(_order_country(clean), on="InvoiceNo", how="left", validate="one_to_one")
-    columns = [*COLUMNS, *(["Country"] if "Country" in clean.columns else [])]
+        table["Country"] = _order_country(invoice, clean["Country"], len(invoices))
+        columns.append("Country")
     return _sorted(table[columns])
 
 
-def _order_country(clean: pd.DataFrame) -> pd.DataFrame:
-    counts = clean.groupby(["InvoiceNo", "Country"], sort=True, observed=True).size().rename("n").reset_index()
-    counts = counts.sort_values(["InvoiceNo", "n", "Country"], ascending=[True, False, True], kind="stable")
-    return counts.drop_duplicates("InvoiceNo")[["InvoiceNo", "Country"]].astype({"Country": "str"})
+def _order_country(invoice: np.ndarray, country: pd.Series, n_invoices: int) -> pd.Series:
+    """Each order's Country: the one on most of its lines, the alphabetically first on a tie
+    (missing when none of its lines has one)."""
+    code, countries = pd.factorize(country, sort=True)
+    known = code >= 0
+    pairs = invoice[known].astype("int64") * max(len(countries), 1) + code[known]
+    pairs, n = np.unique(pairs, return_counts=True)
+    order_of, country_of = pairs // max(len(countries), 1), pairs % max(len(countries), 1)
+    # Per order, the most lines first, then the first country in alphabetical order.
+    ranked = np.lexsort((country_of, -n, order_of))
+    first = ranked[np.r_[True, order_of[ranked][1:] != order_of[ranked][:-1]]] if len(ranked) else ranked
+    chosen = np.full(n_invoices, -1, dtype="int64")
+    chosen[order_of[first]] = country_of[first]
+    return pd.Series(pd.array(np.asarray(countries, dtype=object), dtype="str").take(chosen, allow_fill=True),
+                     dtype="str")
 
 
 def _sorted(table: pd.DataFrame) -> pd.DataFrame:
