@@ -35,7 +35,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from customer_segments.tasks.methods.products import product_lines, product_names
+from customer_segments.tasks.methods.products import codes_of, product_lines, product_names
 
 # The thresholds (min_share, min_baskets, max_len, min_lift) are run parameters: their defaults,
 # bounds and help are declared with the basket stage in tasks/catalogue.py.
@@ -259,8 +259,8 @@ def basket_rules(
     # Invoices and items as categoricals (integer codes; items in the order of their codes) and
     # each line's segment by its customer's position in labels: the groups are then masks over
     # integer columns, not copies of string columns joined and grouped at every line.
-    invoice, invoices = pd.factorize(lines["InvoiceNo"])
-    item, items = pd.factorize(lines["StockCode"], sort=True)
+    invoice, invoices = codes_of(lines["InvoiceNo"])
+    item, items = codes_of(lines["StockCode"], sort=True)
     compact = pd.DataFrame({"InvoiceNo": pd.Categorical.from_codes(invoice, categories=invoices),
                             "StockCode": pd.Categorical.from_codes(item, categories=items)})
     people = labels[["CustomerID", *keys]].drop_duplicates("CustomerID")
@@ -380,14 +380,17 @@ def customer_recommendations(lines: pd.DataFrame, labels: pd.DataFrame, rules: p
     pairs = lines[["CustomerID", "StockCode"]].dropna()
     who = customers.get_indexer(pairs["CustomerID"])
     known = who >= 0
-    codes, items = pd.factorize(pd.concat([pairs["StockCode"][known], single["consequents"], antecedents,
-                                           best["StockCode"]], ignore_index=True))
+    # Items numbered as the bought ones are (a categorical's codes), then the rules' and best
+    # sellers' items no line holds; the numbering only keys items, it orders nothing.
+    item_of, items = codes_of(pairs["StockCode"][known])
+    others = pd.concat([single["consequents"], antecedents, best["StockCode"]], ignore_index=True).astype("str")
+    items = pd.Index(items, dtype="str")
+    items = items.append(pd.Index(others[~others.isin(items)].unique(), dtype="str"))
+    codes = items.get_indexer(others)
     n_items = max(len(items), 1)
-    n_bought = int(known.sum())
-    item_of = codes[:n_bought]
-    consequent_item = codes[n_bought:n_bought + len(single)]
-    antecedent_item = codes[n_bought + len(single):n_bought + len(single) + len(antecedents)]
-    best_item = codes[n_bought + len(single) + len(antecedents):]
+    consequent_item = codes[:len(single)]
+    antecedent_item = codes[len(single):len(single) + len(antecedents)]
+    best_item = codes[len(single) + len(antecedents):]
     owned = _sorted_unique(who[known].astype("int64") * n_items + item_of)  # (customer, item) keys
 
     picks = [np.empty((0, 3), dtype="int64")]  # (customer, rule, item)
@@ -617,14 +620,45 @@ def basket_stage(clean: pd.DataFrame, labels: pd.DataFrame, *, service_codes: li
     from customer_segments.tasks.segmentation.best_sellers import top_products
 
     codes = pd.DataFrame(service_codes) if service_codes else None
-    # Once, and only the columns the rules and recommendations read: at millions of lines a
-    # filtered copy of every column would be gigabytes.
-    lines = product_lines(clean[["CustomerID", "InvoiceNo", "StockCode", "Description"]], codes)
+    # Once, and only the columns the rules, recommendations and best sellers read, with the text
+    # columns as categories: at millions of lines a filtered copy of every column would be
+    # gigabytes, and each grouping, join and filter of the string columns would hash them again.
+    read = ["CustomerID", "InvoiceNo", "StockCode", "Description", "Quantity", "Sales"]
+    compact = categorized(clean[[c for c in read if c in clean.columns]], ["CustomerID", "InvoiceNo", "StockCode", "Description"])
+    lines = product_lines(compact[["CustomerID", "InvoiceNo", "StockCode", "Description"]], codes)
     rules = basket_rules(lines, labels, None, basket_min_support, basket_min_baskets, basket_max_len, basket_min_lift,
                          sample_error=basket_sample_error)
-    best = top_products(clean, labels, service_codes=codes)
+    best = top_products(compact, labels, service_codes=codes)
     per_customer = customer_recommendations(lines, labels, rules, best)
     return rules, recommendations(rules, best), per_customer, {"basket_top_rules": top_rules_plot(rules)}
+
+
+def categorized(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """`frame` with the text `columns` as categoricals whose categories are in sorted order.
+
+    Hashed once in Arrow's C++ (dictionary encoding); later groupings, joins and filters then
+    work on integer codes, and sorting by a column is sorting by its codes, as for the strings.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = {}
+    for column in frame.columns:
+        if column not in columns:
+            out[column] = frame[column]
+            continue
+        encoded = pc.dictionary_encode(pa.array(frame[column].array))
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.combine_chunks()
+        values = encoded.dictionary
+        order = pc.array_sort_indices(values).to_numpy()
+        rank = np.empty(len(order), dtype="int32")
+        rank[order] = np.arange(len(order), dtype="int32")
+        position = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        code = np.where(position >= 0, rank[np.maximum(position, 0)] if len(rank) else -1, -1)
+        categories = pd.Index(values.take(pa.array(order)).to_pandas(), dtype="str")
+        out[column] = pd.Categorical.from_codes(code, categories=categories)
+    return pd.DataFrame(out, index=frame.index)
 
 
 def basket_metrics(frames, params) -> dict:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 SERVICE_CODE_COLUMNS = ("code", "match", "meaning")
@@ -70,11 +71,15 @@ def is_service_code(stock_codes: pd.Series, codes: pd.DataFrame) -> pd.Series:
     """True where a StockCode is a service code of `codes` (exact or prefix match, case-sensitive)."""
     exact = codes.loc[codes["match"] == "exact", "code"]
     prefixes = tuple(codes.loc[codes["match"] == "prefix", "code"])
-    service = stock_codes.isin(exact)
+    # Each distinct code is judged once (a few thousand), then spread over the lines by its position.
+    position, distinct = codes_of(stock_codes)
+    distinct = pd.Series(distinct, dtype="str")
+    service = distinct.isin(exact)
     if prefixes:
-        # One pass over the column for all prefixes; a missing StockCode is not a service code.
-        service |= stock_codes.astype("str").str.startswith(prefixes, na=False)
-    return service.fillna(False).astype("bool").rename("is_service")
+        service |= distinct.str.startswith(prefixes, na=False)
+    # A missing StockCode (position -1) is not a service code.
+    spread = np.append(service.to_numpy(dtype=bool), False)[position]
+    return pd.Series(spread, index=stock_codes.index, name="is_service")
 
 
 def product_lines(clean: pd.DataFrame, codes: pd.DataFrame | None) -> pd.DataFrame:
@@ -86,8 +91,27 @@ def product_lines(clean: pd.DataFrame, codes: pd.DataFrame | None) -> pd.DataFra
 
 def product_names(clean: pd.DataFrame) -> pd.DataFrame:
     """The most frequent description of each StockCode (exports spell some items several ways)."""
-    counts = clean.groupby(["StockCode", "Description"], sort=True).size().rename("n").reset_index()
-    return most_frequent_names(counts)
+    # Lines counted per (code, description) pair of integer codes rather than grouped on strings.
+    item, items = codes_of(clean["StockCode"])
+    name, names = codes_of(clean["Description"])
+    known = (item >= 0) & (name >= 0)
+    pairs, n = np.unique(item[known].astype("int64") * max(len(names), 1) + name[known], return_counts=True)
+    counts = pd.DataFrame({
+        "StockCode": pd.Series(items, dtype="str").take(pairs // max(len(names), 1)).to_numpy(),
+        "Description": pd.Series(names, dtype="str").take(pairs % max(len(names), 1)).to_numpy(),
+        "n": n.astype("int64"),
+    })
+    counts = counts.sort_values(["StockCode", "Description"], kind="stable", ignore_index=True)
+    return most_frequent_names(counts.astype({"StockCode": "str", "Description": "str"}))
+
+
+def codes_of(values: pd.Series, sort: bool = False) -> tuple[np.ndarray, pd.Index]:
+    """A column's integer codes and the distinct values they stand for (-1: missing); a
+    categorical's own codes, without hashing its values again (with `sort`, when its categories
+    are in sorted order). A categorical's values may include some no line holds."""
+    if isinstance(values.dtype, pd.CategoricalDtype) and (not sort or values.cat.categories.is_monotonic_increasing):
+        return values.cat.codes.to_numpy(), values.cat.categories
+    return pd.factorize(values, sort=sort)
 
 
 def most_frequent_names(counts: pd.DataFrame) -> pd.DataFrame:

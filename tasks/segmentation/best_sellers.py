@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from customer_segments.tasks.methods.products import is_service_code, most_frequent_names
+from customer_segments.tasks.methods.products import codes_of, is_service_code, most_frequent_names
 
 TOP_N = 10
 
@@ -43,8 +43,8 @@ def top_products(
     if service_codes is not None:
         known &= ~is_service_code(clean["StockCode"], service_codes).to_numpy()
     segment = labels["segment"].to_numpy()[position[known]]
-    item, items = pd.factorize(clean["StockCode"])
-    invoice, invoices = pd.factorize(clean["InvoiceNo"])
+    item, items = codes_of(clean["StockCode"])
+    invoice, invoices = codes_of(clean["InvoiceNo"])
     item, invoice = item[known], invoice[known]
     group = segment.astype("int64") * len(items) + item                     # one number per (segment, item)
     size = (int(segment.max()) + 1 if len(segment) else 0) * len(items)
