@@ -136,12 +136,15 @@ BEST_SELLERS = Stage(
     "best_sellers", best_sellers.best_sellers, inputs=("clean_invoices", "cluster_labels"), outputs=("top_products",),
     uses=("service_codes",), metrics=best_sellers.best_seller_metrics, needs_columns=PRODUCTS,
     label="Best sellers", report="best_sellers",
+    # In the worker beside the basket rules, which read the same lines: only that process holds
+    # the clean lines once the orders exist, and the run's process keeps the per-customer methods.
+    runs_in="worker",
     dask_transform=best_sellers.best_sellers_dask, dask_metrics=best_sellers.best_seller_metrics_dask,
 )
 
 # The article's other methods; each can be switched off, and each draws its own chart.
 BASKET = Stage(
-    "basket", basket.basket_stage, inputs=("clean_invoices", "cluster_labels"),
+    "basket", basket.basket_stage, inputs=("clean_invoices", "cluster_labels", "top_products"),
     outputs=("basket_rules", "recommendations", "customer_recommendations"),
     params=(
         Param("basket_min_support", float, 0.01, "Smallest share of baskets an itemset must be in.",
@@ -192,7 +195,7 @@ CHAID = Stage(
         Param("chaid_min_child", int, 50, "Smallest node a CHAID split may make.", ge=1),
     ),
     uses=("cutoff", "horizon"), metrics=chaid.chaid_metrics,
-    switch="Skip the CHAID tree.", label="CHAID", report="propensity", runs_in="worker",
+    switch="Skip the CHAID tree.", label="CHAID", report="propensity",
 )
 CLV = Stage(
     "clv", clv.customer_lifetime_value, inputs=("orders", "cluster_labels", "rfm_scores"), optional=("rfm_scores",),

@@ -608,29 +608,22 @@ def _shortened(text: pd.Series, width: int) -> pd.Series:
     return text.where(text.str.len() <= width, text.str.slice(0, width - 1) + "…")
 
 
-def basket_stage(clean: pd.DataFrame, labels: pd.DataFrame, *, service_codes: list[dict] | None,
-                 basket_min_support: float, basket_min_baskets: int, basket_min_lift: float, basket_max_len: int,
+def basket_stage(clean: pd.DataFrame, labels: pd.DataFrame, top_products: pd.DataFrame, *,
+                 service_codes: list[dict] | None, basket_min_support: float, basket_min_baskets: int,
+                 basket_min_lift: float, basket_max_len: int,
                  basket_sample_error: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """The basket stage: rules per segment and for all customers, the recommendations per best
-    seller and per customer, the chart.
-
-    The best sellers are ranked here as the best_sellers stage ranks them (the same function on
-    the same lines), so that the stage needs only the segments and can start as soon as they exist.
-    """
-    from customer_segments.tasks.segmentation.best_sellers import top_products
-
+    seller (`top_products`, the best_sellers stage's output) and per customer, the chart."""
     codes = pd.DataFrame(service_codes) if service_codes else None
-    # Once, and only the columns the rules, recommendations and best sellers read, with the text
-    # columns as categories: at millions of lines a filtered copy of every column would be
-    # gigabytes, and each grouping, join and filter of the string columns would hash them again.
-    read = ["CustomerID", "InvoiceNo", "StockCode", "Description", "Quantity", "Sales"]
-    compact = categorized(clean[[c for c in read if c in clean.columns]], ["CustomerID", "InvoiceNo", "StockCode", "Description"])
-    lines = product_lines(compact[["CustomerID", "InvoiceNo", "StockCode", "Description"]], codes)
+    # Once, and only the columns the rules and recommendations read, with the text columns as
+    # categories: at millions of lines a filtered copy of every column would be gigabytes, and
+    # each grouping, join and filter of the string columns would hash them again.
+    columns = ["CustomerID", "InvoiceNo", "StockCode", "Description"]
+    lines = product_lines(categorized(clean[columns], columns), codes)
     rules = basket_rules(lines, labels, None, basket_min_support, basket_min_baskets, basket_max_len, basket_min_lift,
                          sample_error=basket_sample_error)
-    best = top_products(compact, labels, service_codes=codes)
-    per_customer = customer_recommendations(lines, labels, rules, best)
-    return rules, recommendations(rules, best), per_customer, {"basket_top_rules": top_rules_plot(rules)}
+    per_customer = customer_recommendations(lines, labels, rules, top_products)
+    return rules, recommendations(rules, top_products), per_customer, {"basket_top_rules": top_rules_plot(rules)}
 
 
 def categorized(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

@@ -63,7 +63,7 @@ def top_products(
     })
     ranked = rank_top_products(per_item, labels, None, top_n)
     # Descriptions of the listed items only (a few dozen), not of every line's.
-    listed = clean.loc[clean["StockCode"].isin(ranked["StockCode"].unique()).to_numpy()]
+    listed = clean.loc[clean["StockCode"].isin(ranked["StockCode"].unique()).to_numpy(), ["StockCode", "Description"]]
     counts = listed.groupby(["StockCode", "Description"], sort=True).size().rename("n").reset_index()
     return ranked.drop(columns="Description").merge(most_frequent_names(counts), on="StockCode", how="left",
                                                     validate="many_to_one")[ranked.columns].astype({"Description": "str"})
