@@ -517,3 +517,41 @@ def test_rules_from_a_sample_keep_every_rule_well_above_the_threshold_on_the_rea
                                      "customer_recommendations": pd.DataFrame({"CustomerID": [], "source": []})},
                                     {"basket_sample_error": 0.3})
     assert "7,299 of 17,626" in metrics["basket_sample_note"] and "30%" in metrics["basket_sample_note"]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_the_stage_on_categorized_lines_gives_what_the_string_columns_give_on_the_real_uci_data():
+    """The basket stage turns the text columns into sorted categoricals once and works on their
+    codes; every function it calls gives the same frames on the plain string columns."""
+    from customer_segments.tasks.inputs.readers import read_invoices
+    from customer_segments.tasks.segmentation.cleaning import clean_invoices
+    from customer_segments.tasks.segmentation.features import customer_features
+    from customer_segments.tasks.segmentation.orders import orders
+
+    clean = clean_invoices(read_invoices(real_parquet()), "2011-12-01")
+    features = customer_features(orders(clean))
+    quartile = pd.qcut(features["TotalSales"].rank(method="first"), 4, labels=False).astype("int64")
+    labels = pd.DataFrame({"CustomerID": features["CustomerID"], "segment": quartile,
+                           "segment_name": "quartile " + quartile.astype("str")})
+    codes = load_service_codes()
+    columns = ["CustomerID", "InvoiceNo", "StockCode", "Description"]
+    coded = basket.categorized(clean[columns], columns)
+    assert all(isinstance(coded[c].dtype, pd.CategoricalDtype) for c in columns)
+    assert all(coded[c].cat.categories.is_monotonic_increasing for c in columns)
+    assert coded.astype("str").equals(clean[columns].astype("str"))
+
+    pd.testing.assert_series_equal(is_service_code(coded["StockCode"], codes), is_service_code(clean["StockCode"], codes))
+    pd.testing.assert_frame_equal(product_names(coded), product_names(clean))
+    best = top_products(clean, labels, service_codes=codes)
+    lines = clean.loc[~is_service_code(clean["StockCode"], codes).to_numpy()]
+    rules = basket.basket_rules(lines, labels, None, 0.01, 10, 3, 1.0, sample_error=0.3)
+    per_customer = basket.customer_recommendations(lines, labels, rules, best)
+
+    staged_rules, staged_best, staged_customers, _ = basket.basket_stage(
+        clean, labels, best, service_codes=codes.to_dict("records"), basket_min_support=0.01,
+        basket_min_baskets=10, basket_min_lift=1.0, basket_max_len=3, basket_sample_error=0.3)
+    assert len(staged_rules) > 100 and staged_rules.attrs["mined"] == rules.attrs["mined"]
+    pd.testing.assert_frame_equal(staged_rules, rules)
+    pd.testing.assert_frame_equal(staged_best, recommendations(rules, best))
+    pd.testing.assert_frame_equal(staged_customers, per_customer)
