@@ -245,6 +245,8 @@ def _numbers(col: pd.Series, source, name: str) -> pd.Series:
 
 
 def _whole_numbers(col: pd.Series, source) -> pd.Series:
+    if pd.api.types.is_integer_dtype(col) and not isinstance(col.dtype, pd.api.extensions.ExtensionDtype):
+        return col.astype("int64")  # integers already, without missing values: nothing to check
     values = _numbers(col, source, "Quantity")
     fractional = values.notna() & (values != values.round())
     if fractional.any():
