@@ -56,11 +56,7 @@ def stage_task(stage: Stage):
         return result
 
     run.__name__ = stage.name
-    return task(
-        name=stage.name, cache_policy=NO_CACHE, persist_result=False,
-        retries=stage.retries, retry_delay_seconds=[2 ** n for n in range(stage.retries)] or 0,
-        retry_condition_fn=retry_transient_only,
-    )(run)
+    return task(name=stage.name, **task_options(stage))(run)
 
 
 class GateFailed(PipelineError):
@@ -93,11 +89,15 @@ def gate_task(stage: Stage):
         return Gates(outcomes)
 
     run.__name__ = f"{stage.name}_gate"
-    return task(
-        name=f"{stage.name}.gate", cache_policy=NO_CACHE, persist_result=False,
-        retries=stage.retries, retry_delay_seconds=[2 ** n for n in range(stage.retries)] or 0,
-        retry_condition_fn=retry_transient_only,
-    )(run)
+    return task(name=f"{stage.name}.gate", **task_options(stage))(run)
+
+
+def task_options(stage: Stage) -> dict[str, Any]:
+    """What a stage's tasks share: no Prefect result caching (the stage runner's cache decides
+    reuse), and the stage's retries of transient I/O errors, backing off 1, 2, 4 ... seconds."""
+    return dict(cache_policy=NO_CACHE, persist_result=False, retries=stage.retries,
+                retry_delay_seconds=[2 ** n for n in range(stage.retries)] or 0,
+                retry_condition_fn=retry_transient_only)
 
 
 def retry_transient_only(task, task_run, state) -> bool:
