@@ -474,11 +474,9 @@ def test_rules_on_the_real_uci_data():
     assert round(rule(named, "22699", "22697")["confidence"], 3) == 0.690
 
 
-@pytest.mark.real_data
-@pytest.mark.slow
-def test_rules_from_a_sample_keep_every_rule_well_above_the_threshold_on_the_real_uci_data():
-    """Mined from samples of 7,299 baskets (an error of 30% at 99%), every rule of the full
-    computation with at least twice the support threshold is still found, in every group."""
+@pytest.fixture(scope="module")
+def uci_quartiles():
+    """The UCI data's clean lines, and four segments by quartile of sales: groups of every size."""
     from customer_segments.tasks.inputs.readers import read_invoices
     from customer_segments.tasks.segmentation.cleaning import clean_invoices
     from customer_segments.tasks.segmentation.features import customer_features
@@ -486,10 +484,18 @@ def test_rules_from_a_sample_keep_every_rule_well_above_the_threshold_on_the_rea
 
     clean = clean_invoices(read_invoices(real_parquet()), "2011-12-01")
     features = customer_features(orders(clean))
-    # Four segments by quartile of sales: groups of every size, some sampled and some not.
     quartile = pd.qcut(features["TotalSales"].rank(method="first"), 4, labels=False).astype("int64")
     labels = pd.DataFrame({"CustomerID": features["CustomerID"], "segment": quartile,
                            "segment_name": "quartile " + quartile.astype("str")})
+    return clean, labels
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_rules_from_a_sample_keep_every_rule_well_above_the_threshold_on_the_real_uci_data(uci_quartiles):
+    """Mined from samples of 7,299 baskets (an error of 30% at 99%), every rule of the full
+    computation with at least twice the support threshold is still found, in every group."""
+    clean, labels = uci_quartiles
     codes = load_service_codes()
     full = basket.basket_rules(clean, labels, codes, 0.01, 10, 3, 1.0)
     sampled = basket.basket_rules(clean, labels, codes, 0.01, 10, 3, 1.0, sample_error=0.3)
@@ -521,19 +527,10 @@ def test_rules_from_a_sample_keep_every_rule_well_above_the_threshold_on_the_rea
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_the_stage_on_categorized_lines_gives_what_the_string_columns_give_on_the_real_uci_data():
+def test_the_stage_on_categorized_lines_gives_what_the_string_columns_give_on_the_real_uci_data(uci_quartiles):
     """The basket stage turns the text columns into sorted categoricals once and works on their
     codes; every function it calls gives the same frames on the plain string columns."""
-    from customer_segments.tasks.inputs.readers import read_invoices
-    from customer_segments.tasks.segmentation.cleaning import clean_invoices
-    from customer_segments.tasks.segmentation.features import customer_features
-    from customer_segments.tasks.segmentation.orders import orders
-
-    clean = clean_invoices(read_invoices(real_parquet()), "2011-12-01")
-    features = customer_features(orders(clean))
-    quartile = pd.qcut(features["TotalSales"].rank(method="first"), 4, labels=False).astype("int64")
-    labels = pd.DataFrame({"CustomerID": features["CustomerID"], "segment": quartile,
-                           "segment_name": "quartile " + quartile.astype("str")})
+    clean, labels = uci_quartiles
     codes = load_service_codes()
     columns = ["CustomerID", "InvoiceNo", "StockCode", "Description"]
     coded = basket.categorized(clean[columns], columns)
