@@ -214,7 +214,9 @@ def normalize_invoices(df: pd.DataFrame, source: Path | str = "input", date_form
             out[name] = _timestamps(col, source, date_format)
         else:
             out[name] = col
-    frame = pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+    # Without copying the columns into blocks (copy-on-write keeps the reader's frame safe): at
+    # ten million lines the copy was 0.7-1.6 s of memory touched for the first time.
+    frame = pd.DataFrame(out, index=pd.RangeIndex(len(df)), copy=False)
     frame.attrs = {"renamed": {str(c): n for c, n in resolved.items() if str(c) != n}}
     return frame
 
@@ -228,7 +230,8 @@ def _id_strings(col: pd.Series) -> pd.Series:
     # A float id written out by a spreadsheet: 17850.0, or 17850,0 with a decimal comma.
     if text.str.endswith((".0", ",0")).any():
         text = text.str.replace(r"[.,]0+$", "", regex=True)
-    return text.mask(text.eq(""))
+    blank = text.eq("")
+    return text.mask(blank) if blank.any() else text
 
 
 def _numbers(col: pd.Series, source, name: str) -> pd.Series:

@@ -651,7 +651,7 @@ def categorized(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         code = np.where(position >= 0, rank[np.maximum(position, 0)] if len(rank) else -1, -1)
         categories = pd.Index(values.take(pa.array(order)).to_pandas(), dtype="str")
         out[column] = pd.Categorical.from_codes(code, categories=categories)
-    return pd.DataFrame(out, index=frame.index)
+    return pd.DataFrame(out, index=frame.index, copy=False)
 
 
 def basket_metrics(frames, params) -> dict:
