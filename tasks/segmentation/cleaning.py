@@ -6,6 +6,7 @@ value (Sales) instead, and a line of value zero or below is the return there.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 # Rule names as they appear in the manifest and the run summary, in the order they apply.
@@ -39,12 +40,41 @@ def clean_invoices(raw: pd.DataFrame, cutoff: pd.Timestamp | str, window: int | 
     masks = cleaning_masks(raw, cutoff, window)
     keep = ~(masks["cancelled_or_zero_quantity"] | masks["missing_customer"] | masks["before_window"]
              | masks["on_or_after_cutoff"])
-    clean = raw.loc[keep.to_numpy()].reset_index(drop=True)
+    clean = kept_rows(raw, keep.to_numpy())
     if "Quantity" in clean.columns:
         clean["Quantity"] = clean["Quantity"].astype("int64")
     if "Sales" not in clean.columns:
         clean["Sales"] = clean["Quantity"] * clean["UnitPrice"]
     return clean
+
+
+def kept_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """The rows of `frame` where `keep` is True, renumbered from 0: `frame.loc[keep].reset_index(drop=True)`.
+
+    Column by column: numpy's boolean indexing for numpy columns and Arrow's filter for Arrow-backed
+    text, where pandas' general take converts the mask to positions and checks them for every
+    column (at ten million lines 1.8-3.1 s against 0.5-1.1 s, the same frame).
+    """
+    import copy
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    mask = None
+    columns = {}
+    for name in frame.columns:
+        column = frame[name]
+        if isinstance(column.dtype, np.dtype):
+            columns[name] = pd.Series(column.to_numpy()[keep])
+        elif isinstance(column.dtype, pd.StringDtype) and column.dtype.storage == "pyarrow":
+            mask = pa.array(keep) if mask is None else mask
+            text = pc.filter(pa.array(column.array), mask).to_pandas()
+            columns[name] = text if text.dtype == column.dtype else text.astype(column.dtype)
+        else:
+            columns[name] = pd.Series(column.array[keep])
+    out = pd.DataFrame(columns, index=pd.RangeIndex(int(keep.sum())), columns=frame.columns, copy=False)
+    out.attrs = copy.deepcopy(frame.attrs)
+    return out
 
 
 def rows_dropped(raw: pd.DataFrame, cutoff: pd.Timestamp | str, window: int | None = None) -> dict[str, int]:
