@@ -43,7 +43,6 @@ Results go to --out (markdown) and stdout.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -540,7 +539,9 @@ def frame_bytes(frame) -> bytes:
 
 
 def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    from customer_segments.tasks.runtime.storage import sha256_bytes
+
+    return sha256_bytes(data)
 
 
 def value_diff(values, reference) -> dict:
