@@ -4,11 +4,19 @@ For the commands that run flows, the helper processes (tasks/runtime/worker_proc
 first thing: their imports (Great Expectations in the validator, scikit-learn and mlxtend in the
 worker) then overlap this process's own start-up (the stage catalogue, Typer, Prefect) instead of
 following it.
+
+Once a command has finished (its files written and synced, its output printed, its exit
+handlers run: Prefect's logs and events delivered, the helpers let go), the process ends without
+tearing the interpreter down. Freeing every module and object of pandas, scikit-learn, Prefect
+and Great Expectations one by one took 0.7 s of every run, after all of its work was done.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
+import threading
 
 FLOW_COMMANDS = ("run", "resume", "backfill")
 
@@ -22,7 +30,26 @@ def main() -> None:
         worker_processes.start(worker="dask" not in args)
     from customer_segments.flows.cli import app
 
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        _end(done.code)
+
+
+def _end(code: int | str | None) -> None:
+    """Exit now, as the interpreter would after its shutdown: threads joined, exit handlers run,
+    output flushed; then without freeing what no one will use again."""
+    if isinstance(code, str):  # sys.exit("message") prints it and exits with 1
+        print(code, file=sys.stderr)
+        code = 1
+    threading._shutdown()  # waits for non-daemon threads, as the interpreter's own exit does
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`segment ... | head`): nothing more to say
+            pass
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,15 @@ def task_states(flow_run_id: str) -> dict[str, str]:
     return {tr.name.rsplit("-", 1)[0]: tr.state_name for tr in task_runs}
 
 
+def flow_logs(flow_run_id: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])))
+    return [log.message for log in logs]
+
+
 def flow_run(flow_run_id: str):
     from prefect.client.orchestration import get_client
 
@@ -63,6 +72,10 @@ def test_failed_stage_then_resume_recomputes_only_from_the_failure(prefect_serve
         ("ingest", "clean", "features", "normalize", "select_k"), "Cached")
     assert {s: states[s] for s in ("cluster", "profile", "plots")} == dict.fromkeys(("cluster", "profile", "plots"), "Completed")
     assert flow_run(done["flow_run_id"]).state_name == "Completed"
+    # The command ends without tearing its interpreter down, but only once its logs are on the
+    # server: the flow's last line is there as soon as the command has exited, without waiting.
+    assert any(line.startswith(f"Run {summary['run_id']} completed") for line in flow_logs(done["flow_run_id"]))
+    assert any("cluster failed on purpose" in line for line in flow_logs(summary["flow_run_id"]))
     assert_identical_outputs(run_dir, reference)
     assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
 
