@@ -238,6 +238,12 @@ def test_sample_is_seeded_uniform_and_nested():
     assert 0.45 < even < 0.55
     whole = basket.sampled_baskets(lines, 10_000)
     assert whole is lines
+    # Invoices as a categorical (as the basket stage holds them): the same lines, found by code.
+    coded = lines.astype({"InvoiceNo": "category"})
+    for size in (1, 500, 1000, 3999):
+        pd.testing.assert_frame_equal(basket.sampled_baskets(coded, size).astype({"InvoiceNo": lines["InvoiceNo"].dtype}),
+                                      basket.sampled_baskets(lines, size))
+    assert basket.sampled_baskets(coded, 10_000) is coded
 
 
 # --- service codes ---------------------------------------------------------------------------------

@@ -112,12 +112,28 @@ def sample_size(n_baskets: int, min_share: float, min_baskets: int, sample_error
 def sampled_baskets(lines: pd.DataFrame, size: int) -> pd.DataFrame:
     """The lines of `size` baskets drawn at random, reproducibly: those whose InvoiceNo has the
     smallest keyed hash (a uniform draw without replacement that does not depend on row order)."""
-    invoices = pd.Series(pd.unique(lines["InvoiceNo"].dropna()))
+    column = lines["InvoiceNo"]
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        # On the codes: the distinct invoices in order of appearance (as pd.unique gives them),
+        # hashed as strings; the chosen lines are a lookup by code, not a search of strings.
+        codes = column.cat.codes.to_numpy()
+        present = pd.unique(codes[codes >= 0])
+        if size >= len(present):
+            return lines
+        hashes = _invoice_hashes(pd.Series(column.cat.categories.take(present)))
+        chosen = np.zeros(len(column.cat.categories) + 1, dtype=bool)  # the last: missing (code -1)
+        chosen[present[np.argpartition(hashes, size - 1)[:size]]] = True
+        return lines[chosen[codes]]
+    invoices = pd.Series(pd.unique(column.dropna()))
     if size >= len(invoices):
         return lines
-    hashes = pd.util.hash_pandas_object(invoices.astype("str"), index=False, hash_key=SAMPLE_SEED).to_numpy()
+    hashes = _invoice_hashes(invoices)
     chosen = invoices.to_numpy()[np.argpartition(hashes, size - 1)[:size]]
-    return lines[lines["InvoiceNo"].isin(chosen).to_numpy()]
+    return lines[column.isin(chosen).to_numpy()]
+
+
+def _invoice_hashes(invoices: pd.Series) -> np.ndarray:
+    return pd.util.hash_pandas_object(invoices.astype("str"), index=False, hash_key=SAMPLE_SEED).to_numpy()
 
 
 def frequent_rules(
@@ -246,8 +262,10 @@ def basket_rules(
     max_len: int | None,
     min_lift: float,
     sample_error: float = 0.0,
+    names: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Rules of all customers together (segment -1) and of each segment, with product names.
+    """Rules of all customers together (segment -1) and of each segment, with product names
+    (`names`, else `product_names(clean)`).
 
     Service lines (postage, fees, vouchers) are dropped first. A segment's baskets are the
     invoices of its customers (cleaned lines joined to `labels` on CustomerID); "All customers"
@@ -282,7 +300,7 @@ def basket_rules(
     segment_dtypes = {key: SEGMENT_DTYPES[key] for key in keys}
     found = [f for f in frames if len(f)]
     rules = pd.concat(found, ignore_index=True) if found else _empty({**segment_dtypes, **RULE_DTYPES})
-    rules = with_names(rules.astype(segment_dtypes), product_names(clean))
+    rules = with_names(rules.astype(segment_dtypes), product_names(clean) if names is None else names)
     rules.attrs = {"mined": mined}
     return rules
 
@@ -353,13 +371,15 @@ RULE_BLOCK = 128
 
 
 def customer_recommendations(lines: pd.DataFrame, labels: pd.DataFrame, rules: pd.DataFrame,
-                             top_products: pd.DataFrame, per_customer: int = PER_CUSTOMER) -> pd.DataFrame:
+                             top_products: pd.DataFrame, per_customer: int = PER_CUSTOMER,
+                             names: pd.DataFrame | None = None) -> pd.DataFrame:
     """Up to `per_customer` items for each customer: long form (CustomerID, rank, StockCode, Description, source).
 
     First the consequents of their segment's single-consequent rules whose antecedents they all
     bought and whose consequent they did not, strongest lift first (then confidence, support,
     code; each item once); then, to fill up, their segment's best sellers they have not bought,
-    best first. `lines` are product lines (CustomerID, StockCode).
+    best first. `lines` are product lines (CustomerID, StockCode, and Description to name the
+    items, unless `names` is given: `product_names(lines)`).
 
     Customers and items are integer codes and "bought all the antecedents" is one sparse
     product per segment (customers x items times items x rules: how many of a rule's antecedents
@@ -454,8 +474,9 @@ def customer_recommendations(lines: pd.DataFrame, labels: pd.DataFrame, rules: p
         "StockCode": items[both["item"].to_numpy()].to_numpy() if len(items) else np.array([], dtype=object),
         "source": both["source"].to_numpy(),
     })
-    if "Description" in lines.columns:
-        out = out.merge(product_names(lines), on="StockCode", how="left", validate="many_to_one")
+    if names is not None or "Description" in lines.columns:
+        names = product_names(lines) if names is None else names
+        out = out.merge(names, on="StockCode", how="left", validate="many_to_one")
     else:
         out["Description"] = pd.NA
     out["Description"] = out["Description"].astype("str").str.strip()
@@ -620,9 +641,10 @@ def basket_stage(clean: pd.DataFrame, labels: pd.DataFrame, top_products: pd.Dat
     # each grouping, join and filter of the string columns would hash them again.
     columns = ["CustomerID", "InvoiceNo", "StockCode", "Description"]
     lines = product_lines(categorized(clean[columns], columns), codes)
+    names = product_names(lines)
     rules = basket_rules(lines, labels, None, basket_min_support, basket_min_baskets, basket_max_len, basket_min_lift,
-                         sample_error=basket_sample_error)
-    per_customer = customer_recommendations(lines, labels, rules, top_products)
+                         sample_error=basket_sample_error, names=names)
+    per_customer = customer_recommendations(lines, labels, rules, top_products, names=names)
     return rules, recommendations(rules, top_products), per_customer, {"basket_top_rules": top_rules_plot(rules)}
 
 
