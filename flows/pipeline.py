@@ -178,6 +178,8 @@ class Walk:
         self.published: dict[str, StageResult] = {}
         self.running: dict[PrefectFuture, tuple[str, str]] = {}  # future -> ("compute" | "gate", stage)
         self.held: dict[str, BaseException] = {}        # failed before their upstream was published
+        self.fresh: set[str] = set()                     # computed in this run, not reused
+        self.handed_over: set[str] = set()               # datasets the worker has read ahead
         self.previous: StageResult | None = None
         self.decided = self.opened = False
         # Every task result stays referenced until the run ends: Prefect links results (and the
@@ -232,8 +234,36 @@ class Walk:
             passed = self.passed if self.used[name] is self.context else self.used[name]
             self.running[GATES[name].submit(passed, future)] = ("gate", name)
             self.ledger.computed(name)
+            self.fresh.add(name)
         else:
             self.outcomes[name] = Gates({})
+        self._hand_over_to_the_worker()
+
+    def _hand_over_to_the_worker(self) -> None:
+        """A dataset the worker's stages read moves there once this process's own stages that read
+        it are computed: the worker reads it while they go on (the clean lines, while the customers
+        are segmented), and this process drops its copy. Only what this run computed: a stage
+        reading reused data is likely reused too."""
+        if self.inline:
+            return
+        for stage in (catalogue.BY_NAME[n] for n in self.todo):
+            if stage.runs_in != "worker":
+                continue
+            for dataset in stage.inputs:
+                producer = graph().producer.get(dataset)
+                if dataset in self.handed_over or producer not in self.fresh:
+                    continue
+                readers = [s for s in catalogue.STAGES if dataset in s.inputs and s.name in self.enabled]
+                if any(s.runs_in != "worker" and s.name not in self.done for s in readers):
+                    continue
+                made = self.computed.get(producer) or self.published.get(producer)
+                ref = made.dataset(dataset) if made else None
+                if ref is not None and ref.is_table and not ref.is_partitioned:
+                    self.handed_over.add(dataset)
+                    if worker_processes.hand_over(self.context, ref):
+                        waiting = [s.name for s in readers if s.runs_in == "worker"]
+                        get_run_logger().info("%s: read ahead by the worker process for %s", dataset,
+                                              ", ".join(waiting))
 
     def _publish_what_can_be(self, first_error: BaseException | None) -> BaseException | None:
         """Publish every stage whose gates passed and whose upstream stages are all published."""

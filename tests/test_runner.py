@@ -131,3 +131,23 @@ def test_a_long_dataset_is_validated_in_slices_with_the_same_verdict(tmp_path, m
     assert sliced.message == whole.message and "column UnitPrice" in sliced.message
     strip = lambda summary: {k: v for k, v in summary.items() if k != "seconds"}  # noqa: E731
     assert strip(sliced.summary) == strip(whole.summary)
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "False"), ("1", "True"), ("0", "False")])
+def test_stages_compute_with_numpy_on_small_pages_unless_the_user_says_otherwise(setting, expected):
+    """Large numpy arrays are not marked for transparent huge pages (slow to touch first on
+    virtual machines), in this process and those it starts; a user's NUMPY_MADVISE_HUGEPAGE wins."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if setting is not None:
+        env["NUMPY_MADVISE_HUGEPAGE"] = setting
+    code = ("from customer_segments.tasks.runtime.stage_runner import use_threads; use_threads(1); "
+            "from numpy._core.multiarray import _get_madvise_hugepage; import os, subprocess, sys; "
+            "child = subprocess.run([sys.executable, '-c', 'from numpy._core.multiarray import "
+            "_get_madvise_hugepage as g; print(g())'], capture_output=True, text=True).stdout.strip(); "
+            "print(_get_madvise_hugepage(), child)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [expected, expected]

@@ -239,7 +239,7 @@ def use_threads(threads: int | None) -> int:
     import pyarrow as pa
     from threadpoolctl import threadpool_limits
 
-    storage.use_jemalloc()
+    storage.tune_memory()
     threads = threads or default_threads()
     if pa.cpu_count() != threads:
         pa.set_cpu_count(threads)
@@ -452,6 +452,18 @@ def remember_frame(sha256: str, frame: pd.DataFrame) -> None:
         while len(_FRAMES) > FRAMES_KEPT or (
                 len(_FRAMES) > 1 and sum(int(f.memory_usage(index=False).sum()) for f in _FRAMES.values()) > FRAMES_BYTES):
             _FRAMES.popitem(last=False)
+
+
+def forget_frame(sha256: str) -> None:
+    """This process will not read the frame again (another process took it over)."""
+    with _FRAMES_LOCK:
+        _FRAMES.pop(sha256, None)
+
+
+def preload(context: RunContext, ref: DatasetRef) -> None:
+    """Read a dataset into this process's frames before the stage that needs it arrives."""
+    use_threads(context.params.get("threads"))
+    load_frame(ref, context.artifacts_dir)
 
 
 def load_frame(ref: DatasetRef, artifacts: Path) -> pd.DataFrame:

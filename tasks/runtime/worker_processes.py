@@ -2,9 +2,10 @@
 
 - The **validator** answers on channel `gate`: it validates datasets with Great Expectations
   (imported once, first thing, while the command starts up) and builds Data Docs.
-- The **worker** answers on channel `work`: it computes whole stages that no later stage waits
-  for and that would otherwise hold the run's interpreter (threads share one GIL): the market
-  basket rules (millions of lines) and the CHAID tree (a pure-Python library). Its own quality gates go to the validator too.
+- The **worker** answers on channel `work`: it computes the stages the catalogue places there
+  (`runs_in="worker"`: the best sellers and the market basket rules, which read millions of
+  lines), which would otherwise hold the run's interpreter (threads share one GIL), and reads
+  their input ahead when the flow hands it over. Its own quality gates go to the validator too.
 
 The run's threads wait on a socket meanwhile, which leaves their GIL to the stages that go on.
 Both are plain `python -c` children rather than a multiprocessing pool: 'spawn' re-runs the
@@ -116,7 +117,7 @@ def serve_worker(from_parent: str, to_validator: str) -> None:
 
     _channels["gate"] = Channel(Connection(int(to_validator)))
     _warm_up_worker()
-    _serve(Connection(int(from_parent)), {"stage": _run_stage})
+    _serve(Connection(int(from_parent)), {"stage": _run_stage, "preload": _preload})
 
 
 def _serve(conn, handlers: dict[str, Callable[..., Any]]) -> None:
@@ -149,6 +150,36 @@ def run_stage_in_worker(stage_name: str, context, upstream: list, inline: bool =
     if worker is not None:
         return worker.call("stage", stage_name, context, list(upstream), inline)
     return _run_stage(stage_name, context, upstream, inline)
+
+
+def hand_over(context, ref) -> bool:
+    """Have the worker read a dataset its stages will compute from, now, while this process goes on.
+
+    The run's process then forgets its own copy. The worker reads in a thread of this process's
+    (which only waits on the socket); a stage sent meanwhile waits for the read, then finds the
+    frame read. False: no worker (the stage reads it in this process when it comes).
+    """
+    from customer_segments.tasks.runtime.stage_runner import forget_frame
+
+    worker = channel("work")
+    if worker is None:
+        return False
+    forget_frame(ref.sha256)
+
+    def read() -> None:
+        try:
+            worker.call("preload", context, ref)
+        except Exception:  # the stage reads it itself, and says what is wrong if it still is
+            pass
+
+    threading.Thread(target=read, name=f"hand-over-{ref.name}", daemon=True).start()
+    return True
+
+
+def _preload(context, ref) -> None:
+    from customer_segments.tasks.runtime.stage_runner import preload
+
+    preload(context, ref)
 
 
 def _run_stage(stage_name: str, context, upstream: list, inline: bool = True) -> Any:

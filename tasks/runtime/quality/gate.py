@@ -203,7 +203,7 @@ def warm_up() -> None:
     """Import GX and build its context before the first gate asks."""
     from customer_segments.tasks.runtime.quality.validation import gx_state
 
-    storage.use_jemalloc()
+    storage.tune_memory()
     gx_state()
 
 
