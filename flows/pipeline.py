@@ -196,6 +196,7 @@ class Walk:
                     self._decide_when_sources_are_computed()
                     for name in [n for n in self.todo if self._ready(n)]:
                         self._submit(name)
+                    self._hand_over_to_the_worker()
                 except BaseException as exc:  # the run's month could not be fixed
                     first_error = exc
             if not self.running:
@@ -237,33 +238,26 @@ class Walk:
             self.fresh.add(name)
         else:
             self.outcomes[name] = Gates({})
-        self._hand_over_to_the_worker()
 
     def _hand_over_to_the_worker(self) -> None:
         """A dataset the worker's stages read moves there once this process's own stages that read
-        it are computed: the worker reads it while they go on (the clean lines, while the customers
-        are segmented), and this process drops its copy. Only what this run computed: a stage
-        reading reused data is likely reused too."""
-        if self.inline:
+        it are computed (graph.to_hand_over): the worker reads it while they go on (the clean
+        lines, while the customers are segmented), and this process drops its copy. Only when
+        the worker is idle, and only what this run computed: reused data likely feeds reused stages."""
+        if self.inline or any(kind == "compute" and catalogue.BY_NAME[name].runs_in == "worker"
+                              for kind, name in self.running.values()):
             return
-        for stage in (catalogue.BY_NAME[n] for n in self.todo):
-            if stage.runs_in != "worker":
+        ready = graph().to_hand_over(self.todo, self.enabled, self.done)
+        for dataset, stages in ready.items():
+            producer = graph().producer[dataset]
+            if dataset in self.handed_over or producer not in self.fresh:
                 continue
-            for dataset in stage.inputs:
-                producer = graph().producer.get(dataset)
-                if dataset in self.handed_over or producer not in self.fresh:
-                    continue
-                readers = [s for s in catalogue.STAGES if dataset in s.inputs and s.name in self.enabled]
-                if any(s.runs_in != "worker" and s.name not in self.done for s in readers):
-                    continue
-                made = self.computed.get(producer) or self.published.get(producer)
-                ref = made.dataset(dataset) if made else None
-                if ref is not None and ref.is_table and not ref.is_partitioned:
-                    self.handed_over.add(dataset)
-                    if worker_processes.hand_over(self.context, ref):
-                        waiting = [s.name for s in readers if s.runs_in == "worker"]
-                        get_run_logger().info("%s: read ahead by the worker process for %s", dataset,
-                                              ", ".join(waiting))
+            made = self.computed.get(producer) or self.published.get(producer)
+            ref = made.dataset(dataset) if made else None
+            if ref is not None and ref.is_table and not ref.is_partitioned:
+                self.handed_over.add(dataset)
+                if worker_processes.hand_over(self.context, ref):
+                    get_run_logger().info("%s: read ahead by the worker process for %s", dataset, ", ".join(stages))
 
     def _publish_what_can_be(self, first_error: BaseException | None) -> BaseException | None:
         """Publish every stage whose gates passed and whose upstream stages are all published."""

@@ -110,3 +110,25 @@ def test_the_reuse_check_compares_every_parameter_that_can_change_a_result():
     for name, param in parameters.declared().items():
         assert (name in compared) == (param.changes_results and param.key_as is None and name != "as_of"), name
     assert {"basket_min_lift", "basket_max_len", "chaid_target", "horizon", "methods"} <= compared
+
+
+def test_the_worker_reads_a_dataset_ahead_once_no_stage_of_the_run_process_needs_it():
+    """graph.to_hand_over: the clean lines go to the worker once the orders (their last reader in
+    the run's process) are computed, for the worker's stages that have not started."""
+    graph = pipeline()
+    everything = [s.name for s in catalogue.STAGES]
+    workers = [s.name for s in catalogue.STAGES if s.runs_in == "worker" and "clean_invoices" in s.inputs]
+    assert workers
+    before = ["ingest", "clean"]
+    after = ["ingest", "clean", "orders"]
+    waiting = [n for n in everything if n not in after]
+    assert graph.to_hand_over(waiting, everything, before) == {}  # the orders still read them
+    assert graph.to_hand_over(waiting, everything, after) == {"clean_invoices": workers}
+    # Only for the worker's stages that run and have not started.
+    assert graph.to_hand_over(waiting, [n for n in everything if n != "basket"], after) == {
+        "clean_invoices": [n for n in workers if n != "basket"]}
+    assert graph.to_hand_over([n for n in waiting if n not in workers], everything, after) == {}
+    # The labels wait for every reader in the run's process (profile, plots, rfm, ...).
+    computed = after + ["features", "normalize", "select_k", "cluster"]
+    assert "cluster_labels" not in graph.to_hand_over([n for n in everything if n not in computed], everything,
+                                                      computed)

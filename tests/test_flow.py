@@ -123,29 +123,6 @@ def test_each_stage_logs_one_line_for_an_auditor(sample_run):
         assert any(line.startswith(f"{stage}: ") for line in lines), stage
 
 
-def test_the_worker_reads_the_clean_lines_ahead_once_the_orders_are_computed(sample_run):
-    """The stages of the lines run in the worker process; it reads the clean lines as soon as this
-    process's last reader of them (the orders) has computed, not when labels arrive."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    manifest, _ = sample_run
-    workers = [s.name for s in catalogue.STAGES if s.runs_in == "worker" and "clean_invoices" in s.inputs]
-    assert workers, "no stage of the lines runs in the worker"
-    deadline = time.monotonic() + 30
-    while True:
-        with get_client(sync_client=True) as client:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(manifest.flow_run_id)])))
-        ahead = [log for log in logs if log.message.startswith("clean_invoices: read ahead")]
-        if ahead or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert [log.message for log in ahead] == [
-        f"clean_invoices: read ahead by the worker process for {', '.join(workers)}"]
-    labels_done = next(log.timestamp for log in logs if log.message.startswith("cluster: "))
-    assert ahead[0].timestamp < labels_done, "read ahead only once the labels existed"
-
-
 def test_rerun_reuses_every_stage_and_moves_latest(sample_run, sample):
     manifest, artifacts = sample_run
     again = run_flow(sample, artifacts)

@@ -322,6 +322,11 @@ def test_planted_signal_is_found_on_the_holdout():
     assert coefficients["coefficient"].drop("(intercept)").idxmax() == "log1p(frequency)"
     assert np.allclose(coefficients["odds_ratio"], np.exp(coefficients["coefficient"]))
     assert len(gains_chart(deciles).axes) == 2
+    # The snapshot sizes the model noted while training are those recounted from the orders.
+    assert scores.attrs["snapshots"]["fit_customers"] > 0
+    stored = scores.copy()
+    stored.attrs = {}
+    assert propensity_facts(clean, stored, deciles, CUTOFF) == facts
 
 
 def test_too_little_history_for_a_holdout_is_reported_not_hidden():

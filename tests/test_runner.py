@@ -151,3 +151,24 @@ def test_stages_compute_with_numpy_on_small_pages_unless_the_user_says_otherwise
             "print(_get_madvise_hugepage(), child)")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.split() == [expected, expected]
+
+
+def test_a_dataset_handed_over_is_read_by_the_worker_before_its_stage_asks(tmp_path):
+    """The worker keeps what it read ahead: its stage then finds the frame in memory (here, after
+    the file is gone, which the worker alone could not read again)."""
+    from customer_segments.tasks.runtime import worker_processes
+
+    context = RunContext(artifacts=str(tmp_path), run_id="r", started_at="2026-01-01T00:00:00+00:00",
+                         params={"input_path": str(SAMPLE), "input_sha256": "s"})
+    ref = run_stage(INGEST, context).dataset("raw_invoices")
+    path = ref.resolve(tmp_path)
+    worker_processes.start()
+    reading = worker_processes.hand_over(context, ref)
+    reading.join(timeout=120)
+    assert not reading.is_alive()
+    worker = worker_processes.channel("work")
+    path.unlink()
+    assert worker.call("preload", context, ref) is None  # from memory: the file is gone
+    missing = ref.model_copy(update={"sha256": "0" * 64})
+    with pytest.raises(FileNotFoundError):
+        worker.call("preload", context, missing)

@@ -217,13 +217,23 @@ def propensity(orders: pd.DataFrame, cutoff: pd.Timestamp | str, horizon: int
     scores["holdout_probability"] = np.nan
 
     fit = snapshot(orders, t_fit, label_end=t_train)
-    if holdout_note(fit, train, t_fit, t_train) is None:
+    note = holdout_note(fit, train, t_fit, t_train)
+    if note is None:
         holdout = predict(fit_model(fit), train)
         scores.loc[known, "holdout_probability"] = holdout[position[known]]
         deciles = decile_table(holdout, train["label"].to_numpy())
     else:
         deciles = empty_decile_table()
-    return scores.reset_index(drop=True), deciles, coefficient_table(model)
+    scores = scores.reset_index(drop=True)
+    # For the stage's metrics (not stored with the data), which would otherwise build both
+    # snapshots again.
+    scores.attrs = {"snapshots": _snapshot_facts(fit, train, note)}
+    return scores, deciles, coefficient_table(model)
+
+
+def _snapshot_facts(fit: pd.DataFrame, train: pd.DataFrame, note: str | None) -> dict:
+    return {"fit_customers": len(fit), "fit_responders": int(fit["label"].sum()), "train_customers": len(train),
+            "train_responders": int(train["label"].sum()), "note": note}
 
 
 def propensity_facts(orders: pd.DataFrame, scores: pd.DataFrame, deciles: pd.DataFrame,
@@ -239,12 +249,16 @@ def propensity_facts(orders: pd.DataFrame, scores: pd.DataFrame, deciles: pd.Dat
 
     cutoff = pd.Timestamp(cutoff)
     t_fit, t_train = snapshot_dates(cutoff, horizon)
-    orders = orders.loc[(orders["InvoiceDate"] < cutoff).to_numpy()]
-    fit = snapshot(orders, t_fit, label_end=t_train)
-    train = snapshot(orders, t_train, label_end=cutoff)
-    untrained = unusable(train, f"T_train ({t_train.date()})")
-    note = (f"no model: {untrained}; it needs more history before the cutoff or a shorter horizon"
-            if untrained else holdout_note(fit, train, t_fit, t_train))
+    facts = scores.attrs.get("snapshots")  # as propensity() found them
+    if facts is None:
+        orders = orders.loc[(orders["InvoiceDate"] < cutoff).to_numpy()]
+        fit = snapshot(orders, t_fit, label_end=t_train)
+        train = snapshot(orders, t_train, label_end=cutoff)
+        untrained = unusable(train, f"T_train ({t_train.date()})")
+        note = (f"no model: {untrained}; it needs more history before the cutoff or a shorter horizon"
+                if untrained else holdout_note(fit, train, t_fit, t_train))
+        facts = _snapshot_facts(fit, train, note)
+    note = facts["note"]
     scored = scores.loc[scores["holdout_probability"].notna().to_numpy()]
     label = scored["repurchased"].to_numpy(dtype="int64")
     has_holdout = note is None and len(deciles) > 0
@@ -252,10 +266,7 @@ def propensity_facts(orders: pd.DataFrame, scores: pd.DataFrame, deciles: pd.Dat
         "horizon_months": int(horizon),
         "T_fit": t_fit.isoformat(),
         "T_train": t_train.isoformat(),
-        "fit_customers": len(fit),
-        "fit_responders": int(fit["label"].sum()),
-        "train_customers": len(train),
-        "train_responders": int(train["label"].sum()),
+        **{key: value for key, value in facts.items() if key != "note"},
         "holdout_customers": len(scored) if has_holdout else 0,
         "holdout_responders": int(label.sum()) if has_holdout else 0,
         "roc_auc": float(roc_auc_score(label, scored["holdout_probability"].to_numpy())) if has_holdout else None,

@@ -67,6 +67,28 @@ class Graph:
                 reached.add(stage)
         return [n for n in self.order() if n in reached]
 
+    def to_hand_over(self, waiting: Iterable[str], enabled: Iterable[str], computed: Iterable[str]
+                     ) -> dict[str, list[str]]:
+        """The datasets that the worker's stages among `waiting` (not started yet) read and that no
+        enabled stage of the run's process still has to read: {dataset: those worker stages}.
+
+        The worker can read them ahead (the clean lines once the orders are computed) and the
+        run's process forget them. Only datasets already produced (by a stage in `computed`).
+        """
+        waiting, enabled, computed = set(waiting), set(enabled), set(computed)
+        found: dict[str, list[str]] = {}
+        for name in self.order():
+            stage = self.by_name[name]
+            if name not in waiting or stage.runs_in != "worker":
+                continue
+            for dataset in stage.inputs:
+                if self.producer.get(dataset) not in computed:
+                    continue
+                readers = [s for s in self.stages if dataset in s.inputs and s.name in enabled]
+                if all(s.runs_in == "worker" or s.name in computed for s in readers):
+                    found.setdefault(dataset, [s.name for s in readers if s.runs_in == "worker" and s.name in waiting])
+        return found
+
     def runnable(self, enabled: Iterable[str]) -> list[str]:
         """Of the enabled stages, those whose required inputs can all be produced, in order.
 

@@ -3,9 +3,9 @@
 - The **validator** answers on channel `gate`: it validates datasets with Great Expectations
   (imported once, first thing, while the command starts up) and builds Data Docs.
 - The **worker** answers on channel `work`: it computes the stages the catalogue places there
-  (`runs_in="worker"`: the best sellers and the market basket rules, which read millions of
-  lines), which would otherwise hold the run's interpreter (threads share one GIL), and reads
-  their input ahead when the flow hands it over. Its own quality gates go to the validator too.
+  (`runs_in="worker"`: the propensity model, the best sellers and the market basket rules, the
+  last two reading millions of lines), which would otherwise hold the run's interpreter (threads
+  share one GIL), and reads their input ahead when the flow hands it over. Its own quality gates go to the validator too.
 
 The run's threads wait on a socket meanwhile, which leaves their GIL to the stages that go on.
 Both are plain `python -c` children rather than a multiprocessing pool: 'spawn' re-runs the
@@ -138,8 +138,8 @@ def _serve(conn, handlers: dict[str, Callable[..., Any]]) -> None:
 # The stages that read the clean lines (the best sellers, then the basket rules from the same
 # frame) are computed here: at ten million lines the run's process then never holds the lines
 # once the orders exist (peak memory of all processes 3.4 GiB instead of 4.9), and the two cores
-# share the methods (here the lines' stages, in the run the per-customer ones: RFM, lifetime
-# value, propensity, CHAID, plots). A stage the catalogue places in the worker
+# share the methods (here the propensity model while k is selected, then the lines' stages; in the
+# run the other per-customer ones: RFM, lifetime value, CHAID, plots). A stage the catalogue places in the worker
 # (`runs_in="worker"`) is handed over as its references; the flow's thread waits on the socket.
 # Without the worker it runs in this process.
 
@@ -152,18 +152,19 @@ def run_stage_in_worker(stage_name: str, context, upstream: list, inline: bool =
     return _run_stage(stage_name, context, upstream, inline)
 
 
-def hand_over(context, ref) -> bool:
+def hand_over(context, ref) -> threading.Thread | None:
     """Have the worker read a dataset its stages will compute from, now, while this process goes on.
 
     The run's process then forgets its own copy. The worker reads in a thread of this process's
     (which only waits on the socket); a stage sent meanwhile waits for the read, then finds the
-    frame read. False: no worker (the stage reads it in this process when it comes).
+    frame read. Returns the thread waiting for the worker's read; None: no worker (the stage
+    reads it in this process when it comes).
     """
     from customer_segments.tasks.runtime.stage_runner import forget_frame
 
     worker = channel("work")
     if worker is None:
-        return False
+        return None
     forget_frame(ref.sha256)
 
     def read() -> None:
@@ -172,8 +173,9 @@ def hand_over(context, ref) -> bool:
         except Exception:  # the stage reads it itself, and says what is wrong if it still is
             pass
 
-    threading.Thread(target=read, name=f"hand-over-{ref.name}", daemon=True).start()
-    return True
+    reading = threading.Thread(target=read, name=f"hand-over-{ref.name}", daemon=True)
+    reading.start()
+    return reading
 
 
 def _preload(context, ref) -> None:
