@@ -22,6 +22,9 @@ FLOW_COMMANDS = ("run", "resume", "backfill")
 
 
 def main() -> None:
+    from customer_segments.tasks.runtime.storage import release_memory_at_once
+
+    release_memory_at_once()  # before pyarrow loads, here and in the helpers
     args = sys.argv[1:]
     if args and args[0] in FLOW_COMMANDS and not {"--help", "-h"} & set(args):
         from customer_segments.tasks.runtime import worker_processes

@@ -172,3 +172,28 @@ def test_a_dataset_handed_over_is_read_by_the_worker_before_its_stage_asks(tmp_p
     missing = ref.model_copy(update={"sha256": "0" * 64})
     with pytest.raises(FileNotFoundError):
         worker.call("preload", context, missing)
+
+
+def test_arrow_gives_freed_memory_back_at_once_in_the_processes_the_command_starts():
+    """The next stage should not run beside pages the last one let go (they decay over a second by
+    default): with release_memory_at_once before pyarrow loads, a freed table leaves at once."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "if sys.argv[1] == 'set':\n"
+            "    from customer_segments.tasks.runtime.storage import release_memory_at_once\n"
+            "    release_memory_at_once()\n"
+            "import pyarrow as pa, psutil\n"
+            "from customer_segments.tasks.runtime.storage import use_jemalloc\n"
+            "use_jemalloc()\n"
+            "import pyarrow.parquet as pq\n"
+            "tables = [pq.read_table(sys.argv[2]) for _ in range(8)]\n"
+            "held = psutil.Process().memory_info().rss\n"
+            "del tables\n"
+            "print((held - psutil.Process().memory_info().rss) >> 20)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "JE_ARROW_MALLOC_CONF"}
+    freed = {mode: int(subprocess.run([sys.executable, "-c", code, mode, str(SAMPLE)], env=env, capture_output=True,
+                                      text=True, check=True).stdout) for mode in ("set", "default")}
+    assert freed["set"] >= 50, freed  # 8 copies of the sample's lines
+    assert freed["default"] < freed["set"] / 2, freed

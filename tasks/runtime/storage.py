@@ -82,6 +82,20 @@ def numpy_without_huge_pages() -> None:
     _set_madvise_hugepage(False)
 
 
+def release_memory_at_once() -> None:
+    """Have Arrow's jemalloc give memory back to the system as soon as it is freed, in the
+    processes started from now on and in this one if it has not imported pyarrow yet (jemalloc
+    reads JE_ARROW_MALLOC_CONF when pyarrow loads; a user's own setting is kept).
+
+    By default freed pages go back over the next second or so: at ten million lines the raw lines
+    the clean stage had just let go were still resident while the orders were computed, and
+    the validator's slices likewise. The peak of all processes: 3.8-4.0 GiB with the default,
+    3.4-3.6 GiB without the delay (methods off, 2 alternating runs each; wall time 21.0-22.1 s
+    against 22.0-22.1 s).
+    """
+    os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+
+
 def use_jemalloc() -> None:
     """Have Arrow allocate with jemalloc where the wheel has it (Linux and macOS wheels do).
 

@@ -83,6 +83,9 @@ def stop() -> None:
 
 
 def _spawn(function: str, *theirs: socket.socket) -> subprocess.Popen:
+    from customer_segments.tasks.runtime.storage import release_memory_at_once
+
+    release_memory_at_once()  # the child inherits it before it loads pyarrow
     fds = [s.fileno() for s in theirs]
     process = subprocess.Popen(
         [sys.executable, "-c", f"import sys; from {__name__} import {function}; {function}(*sys.argv[1:])",
