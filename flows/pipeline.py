@@ -178,7 +178,6 @@ class Walk:
         self.published: dict[str, StageResult] = {}
         self.running: dict[PrefectFuture, tuple[str, str]] = {}  # future -> ("compute" | "gate", stage)
         self.held: dict[str, BaseException] = {}        # failed before their upstream was published
-        self.fresh: set[str] = set()                     # computed in this run, not reused
         self.handed_over: set[str] = set()               # datasets the worker has read ahead
         self.previous: StageResult | None = None
         self.decided = self.opened = False
@@ -235,7 +234,6 @@ class Walk:
             passed = self.passed if self.used[name] is self.context else self.used[name]
             self.running[GATES[name].submit(passed, future)] = ("gate", name)
             self.ledger.computed(name)
-            self.fresh.add(name)
         else:
             self.outcomes[name] = Gates({})
 
@@ -252,9 +250,10 @@ class Walk:
         ready = graph().to_hand_over(self.todo, self.enabled, self.done)
         for dataset, stages in ready.items():
             producer = graph().producer[dataset]
-            if dataset in self.handed_over or producer not in self.fresh or producer not in self.published:
+            made = self.published.get(producer)
+            if dataset in self.handed_over or made is None or made.record.status == "cached":
                 continue
-            ref = self.published[producer].dataset(dataset)
+            ref = made.dataset(dataset)
             if ref is not None and ref.is_table and not ref.is_partitioned:
                 self.handed_over.add(dataset)
                 if worker_processes.hand_over(self.context, ref):

@@ -241,8 +241,8 @@ def test_sample_is_seeded_uniform_and_nested():
     # Invoices as a categorical (as the basket stage holds them): the same lines, found by code.
     coded = lines.astype({"InvoiceNo": "category"})
     for size in (1, 500, 1000, 3999):
-        pd.testing.assert_frame_equal(basket.sampled_baskets(coded, size).astype({"InvoiceNo": lines["InvoiceNo"].dtype}),
-                                      basket.sampled_baskets(lines, size))
+        drawn = basket.sampled_baskets(coded, size).astype({"InvoiceNo": lines["InvoiceNo"].dtype})
+        pd.testing.assert_frame_equal(drawn, basket.sampled_baskets(lines, size))
     assert basket.sampled_baskets(coded, 10_000) is coded
 
 

@@ -5,7 +5,8 @@
 - The **worker** answers on channel `work`: it computes the stages the catalogue places there
   (`runs_in="worker"`: the propensity model, the best sellers and the market basket rules, the
   last two reading millions of lines), which would otherwise hold the run's interpreter (threads
-  share one GIL), and reads their input ahead when the flow hands it over. Its own quality gates go to the validator too.
+  share one GIL), and reads their input ahead when the flow hands it over. Its own quality
+  gates go to the validator too.
 
 The run's threads wait on a socket meanwhile, which leaves their GIL to the stages that go on.
 Both are plain `python -c` children rather than a multiprocessing pool: 'spawn' re-runs the
@@ -142,8 +143,9 @@ def _serve(conn, handlers: dict[str, Callable[..., Any]]) -> None:
 # frame) are computed here: at ten million lines the run's process then never holds the lines
 # once the orders exist (peak memory of all processes 3.4 GiB instead of 4.9), and the two cores
 # share the methods (here the propensity model while k is selected, then the lines' stages; in the
-# run the other per-customer ones: RFM, lifetime value, CHAID, plots). A stage the catalogue places in the worker
-# (`runs_in="worker"`) is handed over as its references; the flow's thread waits on the socket.
+# run the other per-customer ones: RFM, lifetime value, CHAID, plots). A stage the catalogue
+# places in the worker (`runs_in="worker"`) is handed over as its references; the flow's thread
+# waits on the socket.
 # Without the worker it runs in this process.
 
 
