@@ -163,7 +163,7 @@ BASKET = Stage(
     figures=(FigureSpec("basket_top_rules", "Horizontal bar chart of the strongest product rules by lift, per segment",
                         "The strongest rules per segment, by lift"),),
     switch="Skip market basket rules and recommendations.", label="Basket rules and recommendations",
-    runs_in="worker", report="basket",
+    runs_in="worker", report="basket", dask_transform=basket.basket_stage_dask,
 )
 RFM = Stage(
     "rfm", rfm.rfm_stage, inputs=("orders", "cluster_labels"), outputs=("rfm_scores", "rfm_profile"),

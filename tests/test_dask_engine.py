@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 # Everything a run writes per customer or per segment: the same whichever engine made it.
 CUSTOMER_LEVEL = ("customer_features", "normalized_features", "k_selection", "cluster_labels", "segment_lineage",
                   "segment_stability", "segment_profiles", "top_products", "segment_migration", "rfm_scores",
-                  "propensity_scores", "chaid_segments")
+                  "propensity_scores", "chaid_segments", "basket_rules", "recommendations",
+                  "customer_recommendations")
 
 
 def run(input_path: Path, artifacts: Path, *args: str, env: dict | None = None) -> Manifest:
@@ -78,6 +79,70 @@ def test_later_commands_see_a_dask_run_as_any_run(sample_runs):
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = Manifest.model_validate_json((Path(dask_run.run_dir) / "manifest.json").read_text())
     assert {s.status for s in resumed.stages.values()} == {"cached"} and resumed.parameters["engine"] == "dask"
+
+
+def in_parts(clean: pd.DataFrame, folder: Path) -> list[str]:
+    """The clean lines as five Parquet parts, cut at row counts that split invoices between parts."""
+    cuts = [0, 10_001, 40_003, 40_004, 97_777, len(clean)]
+    assert clean["InvoiceNo"].iloc[10_000] == clean["InvoiceNo"].iloc[10_001]  # an invoice in two parts
+    files = []
+    for number, (start, end) in enumerate(zip(cuts, cuts[1:])):
+        files.append(str(folder / f"part-{number:05d}.parquet"))
+        clean.iloc[start:end].to_parquet(files[-1], index=False)
+    return files
+
+
+def test_orders_from_parts_equal_those_of_the_whole_table(sample_runs, tmp_path):
+    """Each part's orders on the cluster; an invoice cut between parts is made again from all its lines."""
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+
+    from customer_segments.tasks.segmentation import orders
+
+    pandas_run, _, _ = sample_runs
+    clean = pd.read_parquet(Path(pandas_run.run_dir) / "clean_invoices.parquet")
+    expected = pd.read_parquet(Path(pandas_run.run_dir) / "orders.parquet")
+    files = in_parts(clean, tmp_path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster):
+        got = orders.orders_dask(dd.read_parquet(files, index=False))
+    exact = [c for c in got.columns if c != "value"]
+    pd.testing.assert_frame_equal(got[exact], expected[exact], check_exact=True)
+    # The sums of the same lines, up to the last bits (the pandas engine sums in numpy's buffers).
+    pd.testing.assert_series_equal(got["value"], expected["value"], check_exact=False, rtol=1e-13, atol=0)
+    assert got["InvoiceNo"].is_unique and len(got) == clean["InvoiceNo"].nunique()
+
+
+@pytest.mark.parametrize("sample_error", [0.9, 0.0])
+def test_basket_rules_from_parts_equal_those_of_the_whole_table(sample_runs, tmp_path, sample_error):
+    """The dask basket stage never gathers the lines, and draws the same baskets as the pandas one.
+
+    The clean lines are cut into parts at row counts that split invoices between parts; at a 90%
+    error every group is mined from a sample of 811 of its baskets, at 0 from all of them.
+    """
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+
+    from customer_segments.tasks.methods import basket, products
+
+    pandas_run, _, _ = sample_runs
+    done = Path(pandas_run.run_dir)
+    clean = pd.read_parquet(done / "clean_invoices.parquet")
+    labels, top = pd.read_parquet(done / "cluster_labels.parquet"), pd.read_parquet(done / "top_products.parquet")
+    params = {"service_codes": products.load_service_codes().to_dict("records"), "basket_min_support": 0.01,
+              "basket_min_baskets": 10, "basket_min_lift": 1.0, "basket_max_len": 3,
+              "basket_sample_error": sample_error}
+    expected = basket.basket_stage(clean, labels, top, **params)
+    files = in_parts(clean, tmp_path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster):
+        got = basket.basket_stage_dask(dd.read_parquet(files, index=False), labels, top, **params)
+    for ours, theirs in zip(got[:3], expected[:3]):
+        pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
+    mined = got[0].attrs["mined"]
+    assert mined == expected[0].attrs["mined"] and len(mined) == labels["segment"].nunique() + 1
+    assert all((group["mined"] < group["baskets"]) == (sample_error > 0) for group in mined)
+    assert len(got[0]) > 0 and len(got[2]) > 0
 
 
 def test_a_folder_of_parts_on_an_existing_cluster(prefect_server, tmp_path):

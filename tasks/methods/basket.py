@@ -35,7 +35,9 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from customer_segments.tasks.methods.products import codes_of, product_lines, product_names
+from customer_segments.tasks.methods.products import (
+    codes_of, is_service_code, most_frequent_names, product_lines, product_names,
+)
 
 # The thresholds (min_share, min_baskets, max_len, min_lift) are run parameters: their defaults,
 # bounds and help are declared with the basket stage in tasks/catalogue.py.
@@ -120,20 +122,28 @@ def sampled_baskets(lines: pd.DataFrame, size: int) -> pd.DataFrame:
         present = pd.unique(codes[codes >= 0])
         if size >= len(present):
             return lines
-        hashes = _invoice_hashes(pd.Series(column.cat.categories.take(present)))
         chosen = np.zeros(len(column.cat.categories) + 1, dtype=bool)  # the last: missing (code -1)
-        chosen[present[np.argpartition(hashes, size - 1)[:size]]] = True
+        chosen[present[drawn(pd.Series(column.cat.categories.take(present)), size)]] = True
         return lines[chosen[codes]]
     invoices = pd.Series(pd.unique(column.dropna()))
     if size >= len(invoices):
         return lines
-    hashes = _invoice_hashes(invoices)
-    chosen = invoices.to_numpy()[np.argpartition(hashes, size - 1)[:size]]
+    chosen = invoices.to_numpy()[drawn(invoices, size)]
     return lines[column.isin(chosen).to_numpy()]
 
 
-def _invoice_hashes(invoices: pd.Series) -> np.ndarray:
+def drawn(invoices: pd.Series, size: int) -> np.ndarray:
+    """Positions of the `size` distinct invoices (in order of first appearance) with the smallest
+    keyed hash: the baskets `sampled_baskets` draws."""
+    return smallest(invoice_hashes(invoices), size)
+
+
+def invoice_hashes(invoices: pd.Series) -> np.ndarray:
     return pd.util.hash_pandas_object(invoices.astype("str"), index=False, hash_key=SAMPLE_SEED).to_numpy()
+
+
+def smallest(hashes: np.ndarray, size: int) -> np.ndarray:
+    return np.argpartition(hashes, size - 1)[:size]
 
 
 def frequent_rules(
@@ -162,9 +172,18 @@ def frequent_rules(
     """
     all_baskets = int(lines["InvoiceNo"].dropna().nunique())
     size = sample_size(all_baskets, min_share, min_baskets, sample_error)
+    sample = sampled_baskets(lines, size) if size < all_baskets else lines
+    return mined_rules(sample, all_baskets, size, min_share, min_baskets, max_len, min_lift, min_confidence)
+
+
+def mined_rules(lines: pd.DataFrame, all_baskets: int, size: int, min_share: float, min_baskets: int,
+                max_len: int | None, min_lift: float, min_confidence: float = 0.0) -> pd.DataFrame:
+    """The rules of a group of `all_baskets` baskets from `lines`: all of its lines, or, when
+    `size` < `all_baskets`, the lines of the `size` baskets `sampled_baskets` draws (mined at the
+    group's support threshold; `baskets` then estimated for the whole group)."""
     if size < all_baskets:
         share = max(min_share, min_baskets / all_baskets)
-        rules = _mined_rules(sampled_baskets(lines, size), share, 1, max_len, min_lift, min_confidence)
+        rules = _mined_rules(lines, share, 1, max_len, min_lift, min_confidence)
         rules = rules.assign(baskets=np.rint(rules["support"].to_numpy() * all_baskets).astype("int64"))
     else:
         rules = _mined_rules(lines, min_share, min_baskets, max_len, min_lift, min_confidence)
@@ -272,8 +291,6 @@ def basket_rules(
     are all the cleaned lines, so its rules equal `basket_table(clean, service_codes)`.
     """
     lines = product_lines(clean, service_codes)
-    has_id = "segment_id" in labels.columns
-    keys = ["segment", "segment_name", *(["segment_id"] if has_id else [])]
     # Invoices and items as categoricals (integer codes; items in the order of their codes) and
     # each line's segment by its customer's position in labels: the groups are then masks over
     # integer columns, not copies of string columns joined and grouped at every line.
@@ -281,28 +298,55 @@ def basket_rules(
     item, items = codes_of(lines["StockCode"], sort=True)
     compact = pd.DataFrame({"InvoiceNo": pd.Categorical.from_codes(invoice, categories=invoices),
                             "StockCode": pd.Categorical.from_codes(item, categories=items)})
-    people = labels[["CustomerID", *keys]].drop_duplicates("CustomerID")
-    position = pd.Index(people["CustomerID"]).get_indexer(lines["CustomerID"])
-    segment_of_line = np.where(position >= 0, people["segment"].to_numpy()[position], ALL_CUSTOMERS - 1)
-
-    groups = [((ALL_CUSTOMERS, ALL_CUSTOMERS_NAME, ALL_CUSTOMERS_ID)[: len(keys)], compact)]
-    for segment, key in people.drop_duplicates("segment").sort_values("segment").set_index("segment")[keys[1:]].iterrows():
+    segments = Segments(labels)
+    segment_of_line = segments.of(lines["CustomerID"])
+    groups = [(segments.everyone, compact)]
+    for segment, key in segments.keyed():
         in_segment = segment_of_line == segment
         if in_segment.any():
-            groups.append(((segment, *key.tolist()), compact[in_segment]))
-    frames, mined = [], []
-    for key, group in groups:  # a handful of segments
-        rules = frequent_rules(group, min_share, min_baskets, max_len, min_lift, sample_error=sample_error)
-        mined.append({"segment": int(key[0]), **rules.attrs})
-        for position, (column, value) in enumerate(zip(keys, key)):
-            rules.insert(position, column, value)
-        frames.append(rules)
-    segment_dtypes = {key: SEGMENT_DTYPES[key] for key in keys}
-    found = [f for f in frames if len(f)]
-    rules = pd.concat(found, ignore_index=True) if found else _empty({**segment_dtypes, **RULE_DTYPES})
-    rules = with_names(rules.astype(segment_dtypes), product_names(clean) if names is None else names)
-    rules.attrs = {"mined": mined}
-    return rules
+            groups.append((key, compact[in_segment]))
+    mined = [(key, frequent_rules(group, min_share, min_baskets, max_len, min_lift, sample_error=sample_error))
+             for key, group in groups]  # a handful of segments
+    return segments.rules_table(mined, product_names(clean) if names is None else names)
+
+
+class Segments:
+    """The segments of `labels` as the basket rules group them: each customer's segment, and each
+    group's key (segment, segment_name and, when labels have it, segment_id), all customers first."""
+
+    def __init__(self, labels: pd.DataFrame):
+        self.keys = ["segment", "segment_name", *(["segment_id"] if "segment_id" in labels.columns else [])]
+        people = labels[["CustomerID", *self.keys]].drop_duplicates("CustomerID")
+        self.customers = pd.Index(people["CustomerID"])
+        self.segment = people["segment"].to_numpy()
+        self.everyone = (ALL_CUSTOMERS, ALL_CUSTOMERS_NAME, ALL_CUSTOMERS_ID)[: len(self.keys)]
+        self._people = people
+
+    def of(self, customer_ids) -> np.ndarray:
+        """Each line's segment; ALL_CUSTOMERS - 1 for a customer without one."""
+        position = self.customers.get_indexer(customer_ids)
+        return np.where(position >= 0, self.segment[position], ALL_CUSTOMERS - 1)
+
+    def keyed(self):
+        """(segment, group key) of each segment, in segment order."""
+        firsts = self._people.drop_duplicates("segment").sort_values("segment").set_index("segment")[self.keys[1:]]
+        for segment, key in firsts.iterrows():
+            yield segment, (segment, *key.tolist())
+
+    def rules_table(self, mined: list, names: pd.DataFrame) -> pd.DataFrame:
+        """One frame of each group's rules (`mined`: (key, rules) pairs), keyed and named."""
+        frames = []
+        for key, rules in mined:
+            rules = rules.copy()
+            for position, (column, value) in enumerate(zip(self.keys, key)):
+                rules.insert(position, column, value)
+            frames.append(rules)
+        segment_dtypes = {key: SEGMENT_DTYPES[key] for key in self.keys}
+        found = [f for f in frames if len(f)]
+        rules = pd.concat(found, ignore_index=True) if found else _empty({**segment_dtypes, **RULE_DTYPES})
+        rules = with_names(rules.astype(segment_dtypes), names)
+        rules.attrs = {"mined": [{"segment": int(key[0]), **group.attrs} for key, group in mined]}
+        return rules
 
 
 def basket_table(
@@ -386,23 +430,41 @@ def customer_recommendations(lines: pd.DataFrame, labels: pd.DataFrame, rules: p
     each customer bought), so the work grows with the purchases and the rules that apply, not
     with customers times rules.
     """
+    customers = recommended_customers(labels)
+    pairs = lines[["CustomerID", "StockCode"]].dropna()
+    who = customers.get_indexer(pairs["CustomerID"])
+    known = who >= 0
+    # Items numbered as the bought ones are (a categorical's codes); the numbering only keys
+    # items, it orders nothing.
+    item_of, items = codes_of(pairs["StockCode"][known])
+    if names is None and "Description" in lines.columns:
+        names = product_names(lines)
+    return recommended(customers, Segments(labels).of(customers), who[known], item_of, items, rules, top_products,
+                       per_customer, names)
+
+
+def recommended_customers(labels: pd.DataFrame) -> pd.Index:
+    """The customers of `customer_recommendations`, in the order its output lists them."""
+    return pd.Index(labels["CustomerID"].drop_duplicates()).sort_values()
+
+
+def recommended(customers: pd.Index, segment_of: np.ndarray, bought_by: np.ndarray, bought: np.ndarray,
+                items: pd.Index, rules: pd.DataFrame, top_products: pd.DataFrame, per_customer: int,
+                names: pd.DataFrame | None) -> pd.DataFrame:
+    """`customer_recommendations` from what each customer bought: (customer, item) pairs as
+    positions in `customers` (whose segments are `segment_of`) and in `items` (repeats allowed).
+
+    A customer's recommendations depend on their own purchases and segment only: those of a run
+    of customers are the same rows as in the table of all of them.
+    """
     from scipy import sparse
 
     columns = {"CustomerID": "str", "rank": "int64", "StockCode": "str", "Description": "str", "source": "str"}
-    people = labels[["CustomerID", "segment"]].drop_duplicates("CustomerID")
-    customers = pd.Index(people["CustomerID"]).sort_values()
-    segment_of = people.set_index("CustomerID")["segment"].reindex(customers).to_numpy()
     single = rules[(rules["segment"] >= 0) & ~rules["consequents"].str.contains(SEPARATOR, regex=False)]
     single = _sort_by_strength(single.reset_index(drop=True), ["segment"], "consequents").reset_index(drop=True)
     antecedents = single["antecedents"].str.split(SEPARATOR, regex=False).explode()
     best = top_products[["segment", "rank", "StockCode"]]
-
-    pairs = lines[["CustomerID", "StockCode"]].dropna()
-    who = customers.get_indexer(pairs["CustomerID"])
-    known = who >= 0
-    # Items numbered as the bought ones are (a categorical's codes), then the rules' and best
-    # sellers' items no line holds; the numbering only keys items, it orders nothing.
-    item_of, items = codes_of(pairs["StockCode"][known])
+    # After the bought items, the rules' and best sellers' items no line holds.
     others = pd.concat([single["consequents"], antecedents, best["StockCode"]], ignore_index=True).astype("str")
     items = pd.Index(items, dtype="str")
     items = items.append(pd.Index(others[~others.isin(items)].unique(), dtype="str"))
@@ -411,7 +473,7 @@ def customer_recommendations(lines: pd.DataFrame, labels: pd.DataFrame, rules: p
     consequent_item = codes[:len(single)]
     antecedent_item = codes[len(single):len(single) + len(antecedents)]
     best_item = codes[len(single) + len(antecedents):]
-    owned = _sorted_unique(who[known].astype("int64") * n_items + item_of)  # (customer, item) keys
+    owned = _sorted_unique(bought_by.astype("int64") * n_items + bought)  # (customer, item) keys
 
     picks = [np.empty((0, 3), dtype="int64")]  # (customer, rule, item)
     if len(single):
@@ -474,8 +536,7 @@ def customer_recommendations(lines: pd.DataFrame, labels: pd.DataFrame, rules: p
         "StockCode": items[both["item"].to_numpy()].to_numpy() if len(items) else np.array([], dtype=object),
         "source": both["source"].to_numpy(),
     })
-    if names is not None or "Description" in lines.columns:
-        names = product_names(lines) if names is None else names
+    if names is not None:
         out = out.merge(names, on="StockCode", how="left", validate="many_to_one")
     else:
         out["Description"] = pd.NA
@@ -694,3 +755,183 @@ def basket_metrics(frames, params) -> dict:
         "customers_with_recommendations": int(per_customer["CustomerID"].nunique()),
         "customer_recommendations_from_rules": int((per_customer["source"] == "basket rule").sum()),
     }
+
+
+# --- the dask twin: the same on a dask.distributed cluster (the dask engine) --------------------
+
+_BASKET_COLUMNS = ["CustomerID", "InvoiceNo", "StockCode", "Description"]
+# The customers' recommendations are made in this many runs of customers, side by side on the
+# cluster (each customer's depend on their own purchases only).
+CUSTOMER_RUNS = 8
+
+
+def basket_stage_dask(clean_lines, labels: pd.DataFrame, top_products: pd.DataFrame, *,
+                      service_codes: list[dict] | None, basket_min_support: float, basket_min_baskets: int,
+                      basket_min_lift: float, basket_max_len: int,
+                      basket_sample_error: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """`basket_stage` on partitioned lines, without gathering them: the same tables and chart.
+
+    Each partition's product lines are encoded once as integers (invoice, item, customer,
+    segment) and kept on the cluster. From them come, to this process, what is small whatever the
+    lines: each partition's distinct (invoice, segment) pairs in order of first appearance with
+    the invoice's keyed hash, and its (StockCode, Description) counts. Every group's baskets are
+    counted from the pairs and its sample drawn exactly as `sampled_baskets` draws it from the
+    whole table; then only the lines of the drawn baskets come (every line of a group that is
+    mined whole), and the rules are mined by the same code as on the pandas engine. The
+    per-customer recommendations are made on the cluster, a run of customers at a time, from
+    their purchases.
+    """
+    import dask
+    from distributed import get_client
+
+    client = get_client()
+    codes = pd.DataFrame(service_codes) if service_codes else None
+    segments = Segments(labels)
+    customers = recommended_customers(labels)
+    segment_of = segments.of(customers)
+    [people] = client.scatter([pd.DataFrame({"segment": segment_of}, index=customers)], broadcast=True)
+    compact = client.compute([dask.delayed(_compact_lines)(part, people, codes)
+                              for part in clean_lines[_BASKET_COLUMNS].to_delayed()])
+    facts = client.gather(client.map(_basket_facts, compact))
+
+    counts = pd.concat([f["names"] for f in facts], ignore_index=True)
+    counts = counts.groupby(["StockCode", "Description"], sort=True)["n"].sum().reset_index()
+    names = most_frequent_names(counts.astype({"StockCode": "str", "Description": "str", "n": "int64"}))
+    items = pd.Index(sorted(set().union(*(f["items"] for f in facts))), dtype="str")
+    pairs = pd.concat([f["invoices"] for f in facts], ignore_index=True)
+    del facts
+    mixed = pairs["hash"].to_numpy() ^ (pairs["segment"].to_numpy().astype("uint64") * np.uint64(0x9E3779B97F4A7C15))
+    pairs = pairs[_firsts(mixed, pairs[["InvoiceNo", "segment"]])]
+    invoices = pairs[pairs["InvoiceNo"].notna().to_numpy()]
+
+    # Each group's baskets and, when it is sampled, the invoices drawn.
+    groups, chosen = [], {}
+    keyed = [(ALL_CUSTOMERS, segments.everyone, invoices[_firsts(invoices["hash"].to_numpy(), invoices[["InvoiceNo"]])],
+              True)]
+    for segment, key in segments.keyed():
+        keyed.append((segment, key, invoices[invoices["segment"].to_numpy() == segment],
+                      bool((pairs["segment"].to_numpy() == segment).any())))
+    for segment, key, distinct, has_lines in keyed:
+        if has_lines:
+            size = sample_size(len(distinct), basket_min_support, basket_min_baskets, basket_sample_error)
+            groups.append((segment, key, len(distinct), size))
+            if size < len(distinct):
+                chosen[segment] = distinct["InvoiceNo"].to_numpy()[smallest(distinct["hash"].to_numpy(), size)]
+    del pairs, invoices, keyed
+
+    [drawn_invoices] = client.scatter([chosen], broadcast=True)
+    sample = pd.concat(client.gather(client.map(_drawn_lines, compact, chosen=drawn_invoices)), ignore_index=True)
+    mined = []
+    for segment, key, all_baskets, size in groups:
+        lines = sample[sample["all"].to_numpy()] if segment == ALL_CUSTOMERS else \
+            sample[(sample["segment"] == segment).to_numpy() & sample["own"].to_numpy()]
+        mined.append((key, mined_rules(lines, all_baskets, size, basket_min_support, basket_min_baskets,
+                                       basket_max_len, basket_min_lift)))
+    rules = segments.rules_table(mined, names)
+
+    bounds = np.linspace(0, len(customers), min(CUSTOMER_RUNS, max(len(customers), 1)) + 1).astype("int64")
+    runs = [client.submit(_recommended_run, customers[lo:hi], segment_of[lo:hi],
+                          client.map(_bought_by_run, compact, lo=lo, hi=hi), items, rules, top_products, names)
+            for lo, hi in zip(bounds, bounds[1:])]
+    per_customer = pd.concat(client.gather(runs), ignore_index=True)
+    return rules, recommendations(rules, top_products), per_customer, {"basket_top_rules": top_rules_plot(rules)}
+
+
+def _encoded(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """A text column's integer codes (-1: missing) and the values they stand for, in order of
+    first appearance (Arrow's dictionary encoding)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pa.array(values.array)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    encoded = pc.dictionary_encode(array)
+    return (encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype("int32"),
+            pd.Index(encoded.dictionary.to_pandas(), dtype="str"))
+
+
+def _compact_lines(part: pd.DataFrame, people: pd.DataFrame, codes: pd.DataFrame | None) -> dict:
+    """A partition's product lines as integer codes: invoice, item, customer (a position in
+    `people`, -1: none) and segment; the values of the codes beside them, and its name counts."""
+    item, items = _encoded(part["StockCode"])
+    product = np.ones(len(part), dtype=bool)
+    if codes is not None:  # a missing StockCode (code -1) is not a service code
+        product = ~np.append(is_service_code(pd.Series(items, dtype="str"), codes).to_numpy(dtype=bool), False)[item]
+    invoice, invoices = _encoded(part["InvoiceNo"])
+    name, described = _encoded(part["Description"])
+    who, ids = _encoded(part["CustomerID"])
+    position = np.append(people.index.get_indexer(ids), -1).astype("int32")
+    customer = position[who][product]
+    segment = np.where(customer >= 0, people["segment"].to_numpy()[customer], ALL_CUSTOMERS - 1).astype("int32")
+    item, name = item[product], name[product]
+    known = (item >= 0) & (name >= 0)
+    pairs, n = np.unique(item[known].astype("int64") * max(len(described), 1) + name[known], return_counts=True)
+    counts = pd.DataFrame({"StockCode": items.take(pairs // max(len(described), 1)),
+                           "Description": described.take(pairs % max(len(described), 1)), "n": n.astype("int64")})
+    return {"invoice": invoice[product], "invoices": invoices, "item": item, "items": items,
+            "customer": customer, "segment": segment, "names": counts}
+
+
+def _text(values: pd.Index, codes: np.ndarray) -> pd.Series:
+    """The values of `codes` (-1: missing) as a text column."""
+    return pd.Series(pd.array(np.asarray(values, dtype=object), dtype="str").take(codes, allow_fill=True), dtype="str")
+
+
+def _basket_facts(compact: dict) -> dict:
+    """A partition's distinct (invoice, segment) pairs in order of first appearance, each with its
+    invoice's keyed hash; its (StockCode, Description) counts; its items."""
+    pairs = pd.DataFrame({"invoice": compact["invoice"], "segment": compact["segment"]}).drop_duplicates()
+    invoice = _text(compact["invoices"], pairs["invoice"].to_numpy())
+    return {"invoices": pd.DataFrame({"InvoiceNo": invoice, "segment": pairs["segment"].to_numpy().astype("int64"),
+                                      "hash": invoice_hashes(invoice)}),
+            "names": compact["names"], "items": compact["items"]}
+
+
+def _drawn_lines(compact: dict, chosen: dict[int, np.ndarray]) -> pd.DataFrame:
+    """The lines of a partition in a drawn basket: of all customers' sample (`all`) or of its
+    segment's (`own`); every line of a group that is not sampled."""
+    invoice, segment = compact["invoice"], compact["segment"]
+
+    def drawn_from(drawn_invoices: np.ndarray) -> np.ndarray:
+        return np.append(compact["invoices"].isin(drawn_invoices), False)[invoice]
+
+    everyone = drawn_from(chosen[ALL_CUSTOMERS]) if ALL_CUSTOMERS in chosen else np.ones(len(invoice), dtype=bool)
+    own = segment >= 0
+    for drawn_segment, drawn_invoices in chosen.items():
+        if drawn_segment != ALL_CUSTOMERS:
+            in_segment = segment == drawn_segment
+            own[in_segment] = drawn_from(drawn_invoices)[in_segment]
+    keep = everyone | own
+    return pd.DataFrame({"InvoiceNo": _text(compact["invoices"], invoice[keep]),
+                         "StockCode": _text(compact["items"], compact["item"][keep]),
+                         "segment": segment[keep].astype("int64"), "all": everyone[keep], "own": own[keep]})
+
+
+def _bought_by_run(compact: dict, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, pd.Index]:
+    """A partition's distinct purchases of the customers at positions lo to hi: (customer - lo,
+    item code) and the items of the codes."""
+    customer, item = compact["customer"], compact["item"]
+    inside = (customer >= lo) & (customer < hi) & (item >= 0)
+    width = max(len(compact["items"]), 1)
+    keys = _sorted_unique((customer[inside].astype("int64") - lo) * width + item[inside])
+    return (keys // width).astype("int32"), (keys % width).astype("int32"), compact["items"]
+
+
+def _recommended_run(customers: pd.Index, segment_of: np.ndarray, bought: list, items: pd.Index,
+                     rules: pd.DataFrame, top_products: pd.DataFrame, names: pd.DataFrame) -> pd.DataFrame:
+    """`recommended` for a run of customers, from the purchases `_bought_by_run` found in each partition."""
+    bought_by = np.concatenate([by for by, _, _ in bought] or [np.empty(0, "int32")])
+    item = np.concatenate([items.get_indexer(part_items).astype("int32")[codes] for _, codes, part_items in bought]
+                          or [np.empty(0, "int32")])
+    return recommended(customers, segment_of, bought_by, item, items, rules, top_products, PER_CUSTOMER, names)
+
+
+def _firsts(hashes: np.ndarray, values: pd.DataFrame) -> np.ndarray:
+    """Whether each row is the first of its `values`, found by their `hashes` (equal values have
+    equal hashes): only rows whose hash repeats are compared, exactly."""
+    repeated = pd.Series(hashes).duplicated(keep=False).to_numpy()
+    first = np.ones(len(hashes), dtype=bool)
+    if repeated.any():
+        first[repeated] = ~values[repeated].duplicated().to_numpy()
+    return first

@@ -70,36 +70,36 @@ def order_metrics(frames, params) -> dict:
 
 
 def orders_dask(clean_lines) -> pd.DataFrame:
-    """Orders from the partitioned clean lines: per-partition partial sums, combined per invoice.
+    """Orders from the partitioned clean lines: the pandas engine's table, to the last bit.
 
-    An invoice can span two partitions, so partial aggregates (value, lines, items, first date)
-    are combined across the cluster; the orders themselves fit in memory (a few per cent of the
-    lines), and the result is the pandas engine's frame.
+    Each partition's orders are computed on the cluster by the pandas transform. An invoice whose
+    lines are in more than one partition is computed again from all of its lines, gathered in
+    their order (a handful at most: an export rarely cuts an invoice). An order's sums are then
+    over the same lines in the same order as on the pandas engine.
     """
     import dask
 
-    has_quantity = "Quantity" in clean_lines.columns
-    has_country = "Country" in clean_lines.columns
-    columns = ["InvoiceNo", "CustomerID", "InvoiceDate", "Sales", *(["Quantity"] if has_quantity else []),
-               *(["Country"] if has_country else [])]
-    grouped = clean_lines[columns].groupby("InvoiceNo")
-    parts = [grouped["CustomerID"].first(), grouped["InvoiceDate"].min(), grouped["Sales"].sum(),
-             grouped["Sales"].count()]
-    if has_quantity:
-        parts.append(grouped["Quantity"].sum())
-    if has_country:
-        parts.append(clean_lines[["InvoiceNo", "Country"]].groupby(["InvoiceNo", "Country"]).size())
-    computed = dask.compute(*parts)
-    customer, date, value, lines = computed[:4]
-    table = pd.DataFrame({"InvoiceNo": value.index.astype("str"), "CustomerID": customer.reindex(value.index).to_numpy(),
-                          "InvoiceDate": date.reindex(value.index).to_numpy(), "value": value.to_numpy(),
-                          "lines": lines.reindex(value.index).to_numpy()})
-    table["items"] = computed[4].reindex(value.index).to_numpy() if has_quantity else table["lines"]
-    table = table.astype({"CustomerID": "str", "lines": "int64", "items": "int64", "value": "float64",
-                          "InvoiceDate": "datetime64[ns]"})
-    if has_country:
-        counts = computed[-1].rename("n").reset_index()
-        counts = counts.sort_values(["InvoiceNo", "n", "Country"], ascending=[True, False, True], kind="stable")
-        table = table.merge(counts.drop_duplicates("InvoiceNo")[["InvoiceNo", "Country"]].astype(
-            {"InvoiceNo": "str", "Country": "str"}), on="InvoiceNo", how="left", validate="one_to_one")
-    return _sorted(table[[*COLUMNS, *(["Country"] if has_country else [])]].sort_values("InvoiceNo", kind="stable"))
+    columns = [c for c in ("InvoiceNo", "CustomerID", "InvoiceDate", "Sales", "Quantity", "Country")
+               if c in clean_lines.columns]
+    parts = clean_lines[columns].to_delayed()
+    tables = list(dask.compute(*[dask.delayed(_part_orders)(part) for part in parts]))
+    invoices = pd.concat([table["InvoiceNo"] for table in tables], ignore_index=True)
+    split = invoices[invoices.duplicated()].unique()
+    del invoices
+    if len(split):
+        lines = dask.compute(*[dask.delayed(_lines_of)(part, split) for part in parts])
+        tables = [table[~table["InvoiceNo"].isin(split).to_numpy()] for table in tables]
+        tables.append(_part_orders(pd.concat(lines, ignore_index=True)))
+    table = pd.concat(tables, ignore_index=True)
+    del tables
+    return _sorted(table)
+
+
+def _lines_of(lines: pd.DataFrame, invoices: np.ndarray) -> pd.DataFrame:
+    return lines[lines["InvoiceNo"].isin(invoices).to_numpy()]
+
+
+def _part_orders(lines: pd.DataFrame) -> pd.DataFrame:
+    # dask reads text as its own string dtype (missing as pd.NA): as the pandas engine's first.
+    return orders(lines.astype({c: "str" for c, t in lines.dtypes.items()
+                                if isinstance(t, pd.StringDtype) and t.na_value is pd.NA}))
