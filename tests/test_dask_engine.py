@@ -113,6 +113,33 @@ def test_orders_from_parts_equal_those_of_the_whole_table(sample_runs, tmp_path)
     assert got["InvoiceNo"].is_unique and len(got) == clean["InvoiceNo"].nunique()
 
 
+def test_best_sellers_from_parts_equal_those_of_the_whole_table(sample_runs, tmp_path):
+    """Totals per part; the orders of an invoice cut between parts counted once."""
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+
+    from customer_segments.tasks.methods import products
+    from customer_segments.tasks.segmentation import best_sellers
+
+    pandas_run, _, _ = sample_runs
+    done = Path(pandas_run.run_dir)
+    clean, labels = pd.read_parquet(done / "clean_invoices.parquet"), pd.read_parquet(done / "cluster_labels.parquet")
+    codes = products.load_service_codes().to_dict("records")
+    expected = best_sellers.best_sellers(clean, labels, service_codes=codes)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster):
+        lines = dd.read_parquet(in_parts(clean, tmp_path), index=False)
+        got = best_sellers.best_sellers_dask(lines, labels, service_codes=codes)
+        metrics = best_sellers.best_seller_metrics_dask({"clean_invoices": lines, "top_products": got},
+                                                        {"service_codes": codes})
+    exact = [c for c in got.columns if c != "revenue"]
+    pd.testing.assert_frame_equal(got[exact], expected[exact], check_exact=True)
+    pd.testing.assert_series_equal(got["revenue"], expected["revenue"], check_exact=False, rtol=1e-12, atol=0)
+    assert metrics == best_sellers.best_seller_metrics({"clean_invoices": clean, "top_products": expected},
+                                                        {"service_codes": codes})
+    assert metrics["service_lines_excluded"] > 0
+
+
 @pytest.mark.parametrize("sample_error", [0.9, 0.0])
 def test_basket_rules_from_parts_equal_those_of_the_whole_table(sample_runs, tmp_path, sample_error):
     """The dask basket stage never gathers the lines, and draws the same baskets as the pandas one.
@@ -214,6 +241,7 @@ def test_the_engines_give_the_same_answers_on_the_uci_data(prefect_server, tmp_p
 
 def test_lines_repeated_across_files_count_once_as_on_the_pandas_engine(tmp_path):
     """Overlapping exports in a folder: the same lines kept, and the same count of repeats dropped."""
+    import dask
     from distributed import Client, LocalCluster
 
     from customer_segments.data.generator import generate
@@ -228,7 +256,8 @@ def test_lines_repeated_across_files_count_once_as_on_the_pandas_engine(tmp_path
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster):
         frame = ingest.read_invoices_dask(tmp_path)
-        metrics = ingest.ingest_metrics_dask({"raw_invoices": frame}, {"input_path": str(tmp_path)})
+        lazy, finish = ingest.ingest_metrics_dask({"raw_invoices": frame}, {"input_path": str(tmp_path)})
+        metrics = finish(dask.compute(lazy)[0])
         got = frame.compute()
     assert metrics["rows_read"] == expected.attrs["rows_read"] == len(lines) - third + half + 1000
     assert metrics["repeated_across_files"] == expected.attrs["rows_read"] - len(expected) > 0

@@ -35,6 +35,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
+from customer_segments.tasks.encoding import dictionary_codes
 from customer_segments.tasks.methods.products import (
     codes_of, is_service_code, most_frequent_names, product_lines, product_names,
 )
@@ -782,6 +783,7 @@ def basket_stage_dask(clean_lines, labels: pd.DataFrame, top_products: pd.DataFr
     their purchases.
     """
     import dask
+    import pyarrow as pa
     from distributed import get_client
 
     client = get_client()
@@ -819,7 +821,8 @@ def basket_stage_dask(clean_lines, labels: pd.DataFrame, top_products: pd.DataFr
                 chosen[segment] = distinct["InvoiceNo"].to_numpy()[smallest(distinct["hash"].to_numpy(), size)]
     del pairs, invoices, keyed
 
-    [drawn_invoices] = client.scatter([chosen], broadcast=True)
+    [drawn_invoices] = client.scatter([{segment: pa.array(values, type=pa.large_string())
+                                        for segment, values in chosen.items()}], broadcast=True)
     sample = pd.concat(client.gather(client.map(_drawn_lines, compact, chosen=drawn_invoices)), ignore_index=True)
     mined = []
     for segment, key, all_baskets, size in groups:
@@ -837,30 +840,16 @@ def basket_stage_dask(clean_lines, labels: pd.DataFrame, top_products: pd.DataFr
     return rules, recommendations(rules, top_products), per_customer, {"basket_top_rules": top_rules_plot(rules)}
 
 
-def _encoded(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
-    """A text column's integer codes (-1: missing) and the values they stand for, in order of
-    first appearance (Arrow's dictionary encoding)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    array = pa.array(values.array)
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    encoded = pc.dictionary_encode(array)
-    return (encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype("int32"),
-            pd.Index(encoded.dictionary.to_pandas(), dtype="str"))
-
-
 def _compact_lines(part: pd.DataFrame, people: pd.DataFrame, codes: pd.DataFrame | None) -> dict:
     """A partition's product lines as integer codes: invoice, item, customer (a position in
     `people`, -1: none) and segment; the values of the codes beside them, and its name counts."""
-    item, items = _encoded(part["StockCode"])
+    item, items = dictionary_codes(part["StockCode"])
     product = np.ones(len(part), dtype=bool)
     if codes is not None:  # a missing StockCode (code -1) is not a service code
         product = ~np.append(is_service_code(pd.Series(items, dtype="str"), codes).to_numpy(dtype=bool), False)[item]
-    invoice, invoices = _encoded(part["InvoiceNo"])
-    name, described = _encoded(part["Description"])
-    who, ids = _encoded(part["CustomerID"])
+    invoice, invoices = dictionary_codes(part["InvoiceNo"])
+    name, described = dictionary_codes(part["Description"])
+    who, ids = dictionary_codes(part["CustomerID"])
     position = np.append(people.index.get_indexer(ids), -1).astype("int32")
     customer = position[who][product]
     segment = np.where(customer >= 0, people["segment"].to_numpy()[customer], ALL_CUSTOMERS - 1).astype("int32")
@@ -888,13 +877,18 @@ def _basket_facts(compact: dict) -> dict:
             "names": compact["names"], "items": compact["items"]}
 
 
-def _drawn_lines(compact: dict, chosen: dict[int, np.ndarray]) -> pd.DataFrame:
+def _drawn_lines(compact: dict, chosen: dict) -> pd.DataFrame:
     """The lines of a partition in a drawn basket: of all customers' sample (`all`) or of its
     segment's (`own`); every line of a group that is not sampled."""
-    invoice, segment = compact["invoice"], compact["segment"]
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    def drawn_from(drawn_invoices: np.ndarray) -> np.ndarray:
-        return np.append(compact["invoices"].isin(drawn_invoices), False)[invoice]
+    invoice, segment = compact["invoice"], compact["segment"]
+    invoices = pa.array(compact["invoices"].array)
+
+    def drawn_from(drawn_invoices: pa.Array) -> np.ndarray:
+        drawn_invoices = drawn_invoices.cast(invoices.type)
+        return np.append(pc.is_in(invoices, value_set=drawn_invoices).to_numpy(zero_copy_only=False), False)[invoice]
 
     everyone = drawn_from(chosen[ALL_CUSTOMERS]) if ALL_CUSTOMERS in chosen else np.ones(len(invoice), dtype=bool)
     own = segment >= 0

@@ -109,9 +109,11 @@ class Stage:
     # Shared outputs stay in the cache only (the parsed input is the same for every run of a file).
     shared: bool = False
     # The same stage on the dask engine: a transform taking partitioned inputs as dask DataFrames
-    # and returning dask DataFrames (written as partitioned datasets) or pandas ones, and its metrics.
+    # and returning dask DataFrames (written as partitioned datasets) or pandas ones, and its metrics:
+    # a dict, or (dask values, finish) to compute them in the same pass as the partitioned output's
+    # writing, finish(computed values) making the dict.
     dask_transform: Callable[..., Any] | None = None
-    dask_metrics: Callable[[Mapping[str, Any], Mapping[str, Any]], dict] | None = None
+    dask_metrics: Callable[[Mapping[str, Any], Mapping[str, Any]], dict | tuple] | None = None
 
     @property
     def switchable(self) -> bool:

@@ -295,30 +295,44 @@ def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef]
         produced = dict(zip(stage.outputs, tables, strict=True))
         files = {f"plots/{stem}.png": _png_bytes(fig) for stem, fig in sorted(figures.items())}
         measure = stage.dask_metrics if on_dask and stage.dask_metrics else stage.metrics
-        metrics = _plain(measure({**frames, **produced}, params)) if measure else {}
+        measured = measure({**frames, **produced}, params) if measure else {}
+        # A dask stage's metrics may be lazy, (values, finish): computed with the first partitioned
+        # output's writing, in one pass over the partitions they share.
+        lazy, finish = measured if isinstance(measured, tuple) else (None, None)
+        metrics = {} if lazy is not None else _plain(measured)
         _injected_fault(stage.name, "disk-full")
-        outputs = {dataset: _write_table(stage, dataset, frame, entry_dir) for dataset, frame in produced.items()}
+        outputs = {}
+        for dataset, frame in produced.items():
+            outputs[dataset], computed = _write_table(stage, dataset, frame, entry_dir,
+                                                      also=lazy if storage.is_dask(frame) else None)
+            if lazy is not None and storage.is_dask(frame):
+                lazy, metrics = None, _plain(finish(computed))
+        if lazy is not None:
+            import dask
+
+            metrics = _plain(finish(dask.compute(lazy)[0]))
     for relname, data in files.items():
         storage.write_bytes_atomic(entry_dir / relname, data)
         outputs[relname] = {"file": relname, "sha256": storage.sha256_bytes(data), "rows": None, "columns": None}
     return {"stage": stage.name, "outputs": outputs, "metrics": metrics}
 
 
-def _write_table(stage: Stage, dataset: str, frame, entry_dir: Path) -> dict[str, Any]:
-    """Write one output: a file, or a folder of parts for a dask DataFrame."""
+def _write_table(stage: Stage, dataset: str, frame, entry_dir: Path, also: Any = None) -> tuple[dict[str, Any], Any]:
+    """Write one output: a file, or a folder of parts for a dask DataFrame (computed together with
+    the dask values `also`, whose results come back beside the output's record)."""
     if storage.is_dask(frame):
         folder = entry_dir / dataset
-        parts = storage.write_partitioned(frame, folder)
+        parts, computed = storage.write_partitioned(frame, folder, also=also)
         _injected_fault(stage.name, "hang")
         return {"file": dataset, "sha256": storage.parts_sha256(parts), "rows": sum(p["rows"] for p in parts),
-                "columns": [str(c) for c in frame.columns], "parts": parts}
+                "columns": [str(c) for c in frame.columns], "parts": parts}, computed
     relname = f"{dataset}.parquet"
     data = storage.parquet_bytes(frame)
     storage.write_bytes_atomic(entry_dir / relname, data)
     _injected_fault(stage.name, "hang")
     sha = storage.sha256_bytes(data)
     remember_frame(sha, frame)
-    return {"file": relname, "sha256": sha, "rows": len(frame), "columns": [str(c) for c in frame.columns]}
+    return {"file": relname, "sha256": sha, "rows": len(frame), "columns": [str(c) for c in frame.columns]}, None
 
 
 def _reject(stage: Stage, context: RunContext, dataset: str, path: Path, outcome: gate.GateOutcome,

@@ -162,25 +162,28 @@ def is_dask(frame: Any) -> bool:
     return type(frame).__module__.startswith("dask")
 
 
-def write_partitioned(frame, folder: Path) -> list[dict[str, Any]]:
+def write_partitioned(frame, folder: Path, also: Any = None) -> tuple[list[dict[str, Any]], Any]:
     """Write a dask DataFrame as part-00000.parquet, ... in `folder`, computed by the cluster.
 
     Written beside the target and renamed into place, so a folder that exists is complete;
-    returns each part's file name, sha256 and rows (in partition order).
+    returns each part's file name, sha256 and rows (in partition order), and the dask values
+    `also` (any nesting of them), computed in the same pass: partitions both need are made once.
     """
     import shutil
 
+    import dask
     import pyarrow.parquet as pq
 
     building = folder.with_name(f".{folder.name}.{os.getpid()}.writing")
     shutil.rmtree(building, ignore_errors=True)
     building.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(str(building), write_index=False, compression=COMPRESSION, write_metadata_file=False,
-                     name_function=lambda i: f"part-{i:05d}.parquet")
+    writing = frame.to_parquet(str(building), write_index=False, compression=COMPRESSION, write_metadata_file=False,
+                               name_function=lambda i: f"part-{i:05d}.parquet", compute=False)
+    _, computed = dask.compute(writing, also)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(building, folder)
     return [{"file": part.name, "sha256": sha256_file(part), "rows": pq.ParquetFile(part).metadata.num_rows}
-            for part in sorted(folder.glob("part-*.parquet"))]
+            for part in sorted(folder.glob("part-*.parquet"))], computed
 
 
 def parts_sha256(parts: list[dict[str, Any]]) -> str:

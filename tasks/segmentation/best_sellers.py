@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from customer_segments.tasks.methods.products import codes_of, is_service_code, most_frequent_names
+from customer_segments.tasks.encoding import dictionary_codes
+from customer_segments.tasks.methods.products import (
+    codes_of, is_service_code, most_frequent_names,
+)
 
 TOP_N = 10
 
@@ -112,57 +115,88 @@ def best_sellers_dask(clean_lines, labels: pd.DataFrame, *, service_codes: list[
 
 
 def top_products_dask(clean_lines, labels: pd.DataFrame, service_codes: list[dict] | None = None,
-                 top_n: int = TOP_N) -> pd.DataFrame:
+                      top_n: int = TOP_N) -> pd.DataFrame:
+    """`top_products` from partitioned lines, each partition reduced where it is.
+
+    Each partition's totals per (segment, item) come back, not its lines: quantity, revenue, and
+    the distinct orders holding the item. An invoice whose lines are in two partitions would be
+    counted in both, so a first pass finds those invoices (by a 64-bit hash of their numbers: a
+    collision only sends more invoices the exact way) and their (segment, item, invoice) triples
+    come back to be counted once. The orders and quantities are the pandas engine's; the revenue
+    is the same sum added in another order (equal to about 1e-12 of it). The line counts of each
+    (StockCode, Description) name the items, and the service lines left out are counted on the
+    way (`attrs`, for the metrics).
+    """
     import dask
+    from distributed import get_client
 
+    client = get_client()
     codes = pd.DataFrame(service_codes) if service_codes else None
-    # The customers' segments go to the workers once, as one piece of data, not inside each task.
-    segment_of = dask.delayed(labels.set_index("CustomerID")["segment"], pure=True)
-
-    def tagged(part: pd.DataFrame, segment_of: pd.Series) -> pd.DataFrame:
-        if codes is not None:
-            part = part.loc[~is_service_code(part["StockCode"], codes).to_numpy()]
-        segment = segment_of.reindex(part["CustomerID"]).to_numpy()
-        out = part[["StockCode", "InvoiceNo", "Quantity", "Sales"]].assign(segment=segment)
-        return out[pd.notna(segment)].astype({"segment": "int64"})
-
-    meta = pd.DataFrame({"StockCode": pd.Series(dtype="str"), "InvoiceNo": pd.Series(dtype="str"),
-                         "Quantity": pd.Series(dtype="int64"), "Sales": pd.Series(dtype="float64"),
-                         "segment": pd.Series(dtype="int64")})
-    lines = clean_lines.map_partitions(tagged, segment_of, meta=meta)
-    sums = lines.groupby(["segment", "StockCode"])[["Quantity", "Sales"]].sum()
-    # Distinct orders per item: an invoice can span two partitions, so the (item, invoice) pairs
-    # are made distinct across the cluster. They travel as two 64-bit hashes, not as strings, which
-    # makes that shuffle a fraction of the lines' size; a collision would have to join two
-    # invoices holding the same item in the same segment.
-    pairs = lines.map_partitions(_item_invoice_pairs, meta=pd.DataFrame({"item": pd.Series(dtype="uint64"),
-                                                                         "invoice": pd.Series(dtype="uint64")}))
-    orders = pairs.drop_duplicates(split_out=max(1, lines.npartitions // 8)).groupby("item").size()
-    names_lines = clean_lines[["StockCode", "Description"]]
-    described = names_lines.groupby(["StockCode", "Description"]).size()
-    sums, orders, described = dask.compute(sums, orders, described)
-    per_item = sums.reset_index()
-    per_item["orders"] = orders.reindex(_item_hashes(per_item)).to_numpy()
-    per_item = per_item.rename(columns={"Quantity": "quantity", "Sales": "revenue"})
-    return rank_top_products(per_item, labels, described.rename("n").reset_index(), top_n)
+    parts = clean_lines[["CustomerID", "InvoiceNo", "StockCode", "Description", "Quantity", "Sales"]].to_delayed()
+    seen = client.gather(client.compute([dask.delayed(_invoice_hashes)(part)
+                                         for part in clean_lines[["InvoiceNo"]].to_delayed()]))
+    every = pd.Series(np.concatenate(seen or [np.empty(0, "uint64")]))
+    shared = np.sort(every[every.duplicated()].unique())
+    [segment_of] = client.scatter([labels.drop_duplicates("CustomerID").set_index("CustomerID")["segment"]],
+                                  broadcast=True)
+    found = client.gather(client.compute([dask.delayed(_item_totals)(part, segment_of, codes, shared)
+                                          for part in parts]))
+    totals = pd.concat([f["totals"] for f in found], ignore_index=True)
+    per_item = totals.groupby(["segment", "StockCode"], sort=True).sum().reset_index()
+    triples = pd.concat([f["shared"] for f in found], ignore_index=True).drop_duplicates()
+    again = triples.groupby(["segment", "StockCode"], sort=True).size()
+    per_item["orders"] += again.reindex(pd.MultiIndex.from_frame(per_item[["segment", "StockCode"]]),
+                                        fill_value=0).to_numpy()
+    per_item = per_item[per_item["orders"].to_numpy() > 0]
+    per_item = per_item.assign(quantity=np.rint(per_item["quantity"].to_numpy()).astype("int64"))
+    names = pd.concat([f["names"] for f in found], ignore_index=True)
+    names = names.groupby(["StockCode", "Description"], sort=True)["n"].sum().reset_index()
+    top = rank_top_products(per_item.reset_index(drop=True), labels, names, top_n)
+    top.attrs = {"service_lines_excluded": int(sum(f["service"] for f in found))}
+    return top
 
 
-def _item_hashes(lines: pd.DataFrame) -> np.ndarray:
-    """One 64-bit key per (segment, StockCode)."""
-    return pd.util.hash_pandas_object(lines[["segment", "StockCode"]].astype({"StockCode": "str"}), index=False).to_numpy()
+def _invoice_hashes(part: pd.DataFrame) -> np.ndarray:
+    """A partition's distinct invoices, as 64-bit hashes."""
+    _, invoices = dictionary_codes(part["InvoiceNo"])
+    return pd.util.hash_pandas_object(pd.Series(invoices, dtype="str"), index=False).to_numpy()
 
 
-def _item_invoice_pairs(lines: pd.DataFrame) -> pd.DataFrame:
-    pairs = pd.DataFrame({"item": _item_hashes(lines),
-                          "invoice": pd.util.hash_pandas_object(lines["InvoiceNo"], index=False).to_numpy()})
-    return pairs.drop_duplicates(ignore_index=True)
+def _item_totals(part: pd.DataFrame, segment_of: pd.Series, codes: pd.DataFrame | None, shared: np.ndarray) -> dict:
+    """A partition's totals per (segment, StockCode), its orders counted without the `shared`
+    invoices, whose (segment, StockCode, InvoiceNo) triples come apart; its name counts."""
+    item, items = dictionary_codes(part["StockCode"])
+    invoice, invoices = dictionary_codes(part["InvoiceNo"])
+    who, ids = dictionary_codes(part["CustomerID"])
+    position = np.append(segment_of.index.get_indexer(ids), -1)[who]
+    known = (position >= 0) & (item >= 0)
+    service = np.zeros(len(part), dtype=bool)
+    if codes is not None:
+        service = np.append(is_service_code(pd.Series(items, dtype="str"), codes).to_numpy(dtype=bool), False)[item]
+        known &= ~service
+    segment = segment_of.to_numpy()[position[known]].astype("int64")
+    width = max(len(items), 1)
+    group = segment * width + item[known]
+    size = (int(segment.max()) + 1 if len(segment) else 0) * width
+    quantity = np.bincount(group, weights=part["Quantity"].to_numpy(dtype="float64")[known], minlength=size)
+    revenue = np.bincount(group, weights=part["Sales"].to_numpy(dtype="float64")[known], minlength=size)
+    apart = np.append(np.isin(pd.util.hash_pandas_object(pd.Series(invoices, dtype="str"), index=False).to_numpy(),
+                              shared), False)[invoice[known]]
+    pairs = np.sort(invoice[known][~apart].astype("int64") * max(size, 1) + group[~apart], kind="stable")
+    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs  # distinct, as top_products does
+    orders = np.bincount(pairs % max(size, 1), minlength=size)
+    present = np.flatnonzero(np.bincount(group, minlength=size))
+    totals = pd.DataFrame({"segment": present // width, "StockCode": items.take(present % width),
+                           "orders": orders[present], "quantity": quantity[present], "revenue": revenue[present]})
+    triples = pd.DataFrame({"segment": segment[apart], "StockCode": items.take(item[known][apart]),
+                            "InvoiceNo": invoices.take(invoice[known][apart])})
+    name, described = dictionary_codes(part["Description"])
+    both = (item >= 0) & (name >= 0)
+    counted, n = np.unique(item[both].astype("int64") * max(len(described), 1) + name[both], return_counts=True)
+    names = pd.DataFrame({"StockCode": items.take(counted // max(len(described), 1)),
+                          "Description": described.take(counted % max(len(described), 1)), "n": n.astype("int64")})
+    return {"totals": totals, "shared": triples, "names": names, "service": int(service.sum())}
 
 
 def best_seller_metrics_dask(frames, params) -> dict:
-    codes = params.get("service_codes")
-    if not codes:
-        return {"service_lines_excluded": 0}
-    table = pd.DataFrame(codes)
-    counted = frames["clean_invoices"]["StockCode"].map_partitions(
-        lambda s: pd.Series([int(is_service_code(s, table).sum())]), meta=(None, "int64")).sum().compute()
-    return {"service_lines_excluded": int(counted)}
+    return {"service_lines_excluded": frames["top_products"].attrs.get("service_lines_excluded", 0)}

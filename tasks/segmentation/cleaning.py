@@ -131,16 +131,19 @@ def clean_invoices_dask(raw, cutoff, window: int | None = None):
     return raw.map_partitions(clean_invoices, cutoff, window, meta=clean_invoices(raw._meta, cutoff, window))
 
 
-def clean_metrics_dask(frames, params) -> dict:
-    import dask
-
+def clean_metrics_dask(frames, params):
+    """Lazy: the counts are computed with the clean lines' writing (see the stage runner)."""
     raw, kept = frames["raw_invoices"], frames["clean_invoices"]
     window = params.get("window")
     per_part = raw.map_partitions(lambda p: pd.DataFrame([rows_dropped(p, params["cutoff"], window)]),
                                   meta=pd.DataFrame({rule: pd.Series(dtype="int64") for rule in RULES}))
-    dropped, rows_in, rows_clean = dask.compute(per_part.sum(), raw.shape[0], kept.shape[0])
-    dropped = {rule: int(dropped[rule]) for rule in RULES}
-    start = window_start(params["cutoff"], window)
-    return {"rows_in": int(rows_in), "rows_dropped": dropped, "rows_clean": int(rows_clean),
-            "window_start": None if start is None else start.isoformat(),
-            "cleaning_summary": cleaning_summary(int(rows_in), dropped, params["cutoff"], start)}
+
+    def finish(computed) -> dict:
+        dropped, rows_in, rows_clean = computed
+        dropped = {rule: int(dropped[rule]) for rule in RULES}
+        start = window_start(params["cutoff"], window)
+        return {"rows_in": int(rows_in), "rows_dropped": dropped, "rows_clean": int(rows_clean),
+                "window_start": None if start is None else start.isoformat(),
+                "cleaning_summary": cleaning_summary(int(rows_in), dropped, params["cutoff"], start)}
+
+    return (per_part.sum(), raw.shape[0], kept.shape[0]), finish
