@@ -70,12 +70,14 @@ def order_metrics(frames, params) -> dict:
 
 
 def orders_dask(clean_lines) -> pd.DataFrame:
-    """Orders from the partitioned clean lines: the pandas engine's table, to the last bit.
+    """Orders from the partitioned clean lines: the pandas engine's table.
 
-    Each partition's orders are computed on the cluster by the pandas transform. An invoice whose
-    lines are in more than one partition is computed again from all of its lines, gathered in
-    their order (a handful at most: an export rarely cuts an invoice). An order's sums are then
-    over the same lines in the same order as on the pandas engine.
+    Each partition's orders are computed on the cluster by the pandas transform, and only they
+    come back. An invoice whose lines are in more than one partition is computed again from all
+    of its lines, gathered in their order (a handful at most: an export rarely cuts an invoice).
+    Every column is then the pandas engine's, but an order's value: the sum of the same lines in
+    the same order, which pandas adds up in numpy's buffers over the whole table, so that it can
+    differ in the last bit (tested to 1e-13).
     """
     import dask
 
