@@ -18,3 +18,27 @@ def dictionary_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     encoded = pc.dictionary_encode(array)
     return (encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype("int32"),
             pd.Index(encoded.dictionary.to_pandas(), dtype="str"))
+
+
+def positions(values: pd.Series, index: pd.Index) -> np.ndarray:
+    """Each value's position in `index` (-1: absent or missing): the distinct values are looked
+    up, then spread over the rows by their codes."""
+    codes, distinct = dictionary_codes(values)
+    return np.append(index.get_indexer(distinct), -1)[codes]
+
+
+def text_hashes(values: pd.Index | pd.Series) -> np.ndarray:
+    """64-bit hashes of text values (a missing value has its own)."""
+    return pd.util.hash_pandas_object(pd.Series(values, dtype="str"), index=False).to_numpy()
+
+
+def sorted_distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted (a sort and one pass: hashing was several times slower)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
+def in_several(groups: list[np.ndarray]) -> np.ndarray:
+    """The values (sorted) found in more than one of `groups`."""
+    seen = np.sort(np.concatenate([sorted_distinct(g) for g in groups] or [np.empty(0, "uint64")]))
+    return sorted_distinct(seen[1:][seen[1:] == seen[:-1]])

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from customer_segments.tasks.encoding import dictionary_codes
+from customer_segments.tasks.encoding import dictionary_codes, in_several, text_hashes
 from customer_segments.tasks.errors import InputError
 from customer_segments.tasks.inputs import columns as names
 from customer_segments.tasks.inputs.columns import CANONICAL as COLUMNS
@@ -339,7 +339,7 @@ def _file_invoices(path: Path, frame, columns: dict[str, str] | None):
 def _parquet_columns(path: Path) -> list[str]:
     import pyarrow.parquet as pq
 
-    return [c for c in pq.read_schema(path).names if not str(c).startswith("__index_level_")]
+    return [c for c in pq.read_schema(path).names if not _is_index_column(c)]
 
 
 def _read_whole(path: Path, encoding: str | None = None, date_format: str | None = None,
@@ -354,7 +354,11 @@ def _normalized_part(part: pd.DataFrame, source: str, date_format: str | None,
 
 def _drop_index_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """A pandas index saved with the file is not data (see ingest._read_parquet)."""
-    return frame.drop(columns=[c for c in frame.columns if str(c).startswith("__index_level_")])
+    return frame.drop(columns=[c for c in frame.columns if _is_index_column(c)])
+
+
+def _is_index_column(column) -> bool:
+    return str(column).startswith("__index_level_")
 
 
 # Lines dropped as repeats across files, by the name of the dask frame they were dropped from, and
@@ -377,15 +381,7 @@ def _distinct_invoice_hashes(numbers: pd.Series) -> pd.Series:
 
 def _hashed(distinct: pd.Index, missing: bool) -> np.ndarray:
     """The hashes of distinct invoice numbers, then (with `missing`) that of a missing one."""
-    values = pd.Series(distinct, dtype="str")
-    if missing:
-        values = pd.concat([values, pd.Series([None], dtype="str")], ignore_index=True)
-    return pd.util.hash_pandas_object(values, index=False).to_numpy()
-
-
-def _sorted_distinct(values: np.ndarray) -> np.ndarray:
-    values = np.sort(values)
-    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+    return text_hashes(distinct.append(pd.Index([None], dtype="str")) if missing else distinct)
 
 
 def _in_shared_invoices(numbers: pd.Series, shared: np.ndarray) -> pd.Series:
@@ -410,8 +406,7 @@ def _without_repeats(frames: list, invoices: list):
                               for numbers in invoices])
     # Distinct per file, then the hashes of more than one file (by sorting: numpy's hash-based
     # unique and pandas' value_counts took seconds on the ten million invoices of 100M lines).
-    seen = np.sort(np.concatenate([_sorted_distinct(u.to_numpy(dtype="uint64")) for u in per_file]))
-    shared = _sorted_distinct(seen[1:][seen[1:] == seen[:-1]])
+    shared = in_several([u.to_numpy(dtype="uint64") for u in per_file])
     if not len(shared):
         return dd.concat(frames)
     shared_arg = dask.delayed(shared, pure=True)  # one copy in the graph, not one per partition

@@ -35,9 +35,9 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from customer_segments.tasks.encoding import dictionary_codes
+from customer_segments.tasks.encoding import dictionary_codes, positions
 from customer_segments.tasks.methods.products import (
-    codes_of, is_service_code, most_frequent_names, product_lines, product_names,
+    codes_of, most_frequent_names, name_counts, product_lines, product_names, service_lines,
 )
 
 # The thresholds (min_share, min_baskets, max_len, min_lift) are run parameters: their defaults,
@@ -797,8 +797,7 @@ def basket_stage_dask(clean_lines, labels: pd.DataFrame, top_products: pd.DataFr
     facts = client.gather(client.map(_basket_facts, compact))
 
     counts = pd.concat([f["names"] for f in facts], ignore_index=True)
-    counts = counts.groupby(["StockCode", "Description"], sort=True)["n"].sum().reset_index()
-    names = most_frequent_names(counts.astype({"StockCode": "str", "Description": "str", "n": "int64"}))
+    names = most_frequent_names(counts.groupby(["StockCode", "Description"], sort=True)["n"].sum().reset_index())
     items = pd.Index(sorted(set().union(*(f["items"] for f in facts))), dtype="str")
     pairs = pd.concat([f["invoices"] for f in facts], ignore_index=True)
     del facts
@@ -844,22 +843,14 @@ def _compact_lines(part: pd.DataFrame, people: pd.DataFrame, codes: pd.DataFrame
     """A partition's product lines as integer codes: invoice, item, customer (a position in
     `people`, -1: none) and segment; the values of the codes beside them, and its name counts."""
     item, items = dictionary_codes(part["StockCode"])
-    product = np.ones(len(part), dtype=bool)
-    if codes is not None:  # a missing StockCode (code -1) is not a service code
-        product = ~np.append(is_service_code(pd.Series(items, dtype="str"), codes).to_numpy(dtype=bool), False)[item]
+    product = np.ones(len(part), dtype=bool) if codes is None else ~service_lines(item, items, codes)
     invoice, invoices = dictionary_codes(part["InvoiceNo"])
     name, described = dictionary_codes(part["Description"])
-    who, ids = dictionary_codes(part["CustomerID"])
-    position = np.append(people.index.get_indexer(ids), -1).astype("int32")
-    customer = position[who][product]
+    customer = positions(part["CustomerID"], people.index)[product].astype("int32")
     segment = np.where(customer >= 0, people["segment"].to_numpy()[customer], ALL_CUSTOMERS - 1).astype("int32")
-    item, name = item[product], name[product]
-    known = (item >= 0) & (name >= 0)
-    pairs, n = np.unique(item[known].astype("int64") * max(len(described), 1) + name[known], return_counts=True)
-    counts = pd.DataFrame({"StockCode": items.take(pairs // max(len(described), 1)),
-                           "Description": described.take(pairs % max(len(described), 1)), "n": n.astype("int64")})
+    item = item[product]
     return {"invoice": invoice[product], "invoices": invoices, "item": item, "items": items,
-            "customer": customer, "segment": segment, "names": counts}
+            "customer": customer, "segment": segment, "names": name_counts(item, items, name[product], described)}
 
 
 def _text(values: pd.Index, codes: np.ndarray) -> pd.Series:

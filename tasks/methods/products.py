@@ -69,17 +69,20 @@ def check_service_codes(codes: pd.DataFrame, source: object = "service codes") -
 
 def is_service_code(stock_codes: pd.Series, codes: pd.DataFrame) -> pd.Series:
     """True where a StockCode is a service code of `codes` (exact or prefix match, case-sensitive)."""
+    return pd.Series(service_lines(*codes_of(stock_codes), codes), index=stock_codes.index, name="is_service")
+
+
+def service_lines(item: np.ndarray, items: pd.Index, codes: pd.DataFrame) -> np.ndarray:
+    """is_service_code of lines given as item codes (-1: missing) and the items they stand for:
+    each distinct code is judged once (a few thousand), then spread over the lines."""
     exact = codes.loc[codes["match"] == "exact", "code"]
     prefixes = tuple(codes.loc[codes["match"] == "prefix", "code"])
-    # Each distinct code is judged once (a few thousand), then spread over the lines by its position.
-    position, distinct = codes_of(stock_codes)
-    distinct = pd.Series(distinct, dtype="str")
+    distinct = pd.Series(items, dtype="str")
     service = distinct.isin(exact)
     if prefixes:
         service |= distinct.str.startswith(prefixes, na=False)
     # A missing StockCode (position -1) is not a service code.
-    spread = np.append(service.to_numpy(dtype=bool), False)[position]
-    return pd.Series(spread, index=stock_codes.index, name="is_service")
+    return np.append(service.to_numpy(dtype=bool), False)[item]
 
 
 def product_lines(clean: pd.DataFrame, codes: pd.DataFrame | None) -> pd.DataFrame:
@@ -92,17 +95,22 @@ def product_lines(clean: pd.DataFrame, codes: pd.DataFrame | None) -> pd.DataFra
 def product_names(clean: pd.DataFrame) -> pd.DataFrame:
     """The most frequent description of each StockCode (exports spell some items several ways)."""
     # Lines counted per (code, description) pair of integer codes rather than grouped on strings.
-    item, items = codes_of(clean["StockCode"])
-    name, names = codes_of(clean["Description"])
-    known = (item >= 0) & (name >= 0)
-    pairs, n = np.unique(item[known].astype("int64") * max(len(names), 1) + name[known], return_counts=True)
-    counts = pd.DataFrame({
-        "StockCode": pd.Series(items, dtype="str").take(pairs // max(len(names), 1)).to_numpy(),
-        "Description": pd.Series(names, dtype="str").take(pairs % max(len(names), 1)).to_numpy(),
-        "n": n.astype("int64"),
-    })
+    counts = name_counts(*codes_of(clean["StockCode"]), *codes_of(clean["Description"]))
     counts = counts.sort_values(["StockCode", "Description"], kind="stable", ignore_index=True)
-    return most_frequent_names(counts.astype({"StockCode": "str", "Description": "str"}))
+    return most_frequent_names(counts)
+
+
+def name_counts(item: np.ndarray, items: pd.Index, name: np.ndarray, names: pd.Index) -> pd.DataFrame:
+    """Lines per (StockCode, Description) of lines given as codes (-1: missing) and their values,
+    counted per pair of integer codes rather than grouped on strings."""
+    known = (item >= 0) & (name >= 0)
+    width = max(len(names), 1)
+    pairs, n = np.unique(item[known].astype("int64") * width + name[known], return_counts=True)
+    return pd.DataFrame({
+        "StockCode": pd.Series(items, dtype="str").take(pairs // width).to_numpy(),
+        "Description": pd.Series(names, dtype="str").take(pairs % width).to_numpy(),
+        "n": n.astype("int64"),
+    }).astype({"StockCode": "str", "Description": "str"})
 
 
 def codes_of(values: pd.Series, sort: bool = False) -> tuple[np.ndarray, pd.Index]:

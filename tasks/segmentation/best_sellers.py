@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from customer_segments.tasks.encoding import dictionary_codes
+from customer_segments.tasks.encoding import dictionary_codes, in_several, positions, text_hashes
 from customer_segments.tasks.methods.products import (
-    codes_of, is_service_code, most_frequent_names,
+    codes_of, is_service_code, most_frequent_names, name_counts, service_lines,
 )
 
 TOP_N = 10
@@ -133,10 +133,8 @@ def top_products_dask(clean_lines, labels: pd.DataFrame, service_codes: list[dic
     client = get_client()
     codes = pd.DataFrame(service_codes) if service_codes else None
     parts = clean_lines[["CustomerID", "InvoiceNo", "StockCode", "Description", "Quantity", "Sales"]].to_delayed()
-    seen = client.gather(client.compute([dask.delayed(_invoice_hashes)(part)
-                                         for part in clean_lines[["InvoiceNo"]].to_delayed()]))
-    every = pd.Series(np.concatenate(seen or [np.empty(0, "uint64")]))
-    shared = np.sort(every[every.duplicated()].unique())
+    shared = in_several(client.gather(client.compute([dask.delayed(_invoice_hashes)(part)
+                                                      for part in clean_lines[["InvoiceNo"]].to_delayed()])))
     [segment_of] = client.scatter([labels.drop_duplicates("CustomerID").set_index("CustomerID")["segment"]],
                                   broadcast=True)
     found = client.gather(client.compute([dask.delayed(_item_totals)(part, segment_of, codes, shared)
@@ -158,8 +156,7 @@ def top_products_dask(clean_lines, labels: pd.DataFrame, service_codes: list[dic
 
 def _invoice_hashes(part: pd.DataFrame) -> np.ndarray:
     """A partition's distinct invoices, as 64-bit hashes."""
-    _, invoices = dictionary_codes(part["InvoiceNo"])
-    return pd.util.hash_pandas_object(pd.Series(invoices, dtype="str"), index=False).to_numpy()
+    return text_hashes(dictionary_codes(part["InvoiceNo"])[1])
 
 
 def _item_totals(part: pd.DataFrame, segment_of: pd.Series, codes: pd.DataFrame | None, shared: np.ndarray) -> dict:
@@ -167,21 +164,16 @@ def _item_totals(part: pd.DataFrame, segment_of: pd.Series, codes: pd.DataFrame 
     invoices, whose (segment, StockCode, InvoiceNo) triples come apart; its name counts."""
     item, items = dictionary_codes(part["StockCode"])
     invoice, invoices = dictionary_codes(part["InvoiceNo"])
-    who, ids = dictionary_codes(part["CustomerID"])
-    position = np.append(segment_of.index.get_indexer(ids), -1)[who]
-    known = (position >= 0) & (item >= 0)
-    service = np.zeros(len(part), dtype=bool)
-    if codes is not None:
-        service = np.append(is_service_code(pd.Series(items, dtype="str"), codes).to_numpy(dtype=bool), False)[item]
-        known &= ~service
+    position = positions(part["CustomerID"], segment_of.index)
+    service = np.zeros(len(part), dtype=bool) if codes is None else service_lines(item, items, codes)
+    known = (position >= 0) & (item >= 0) & ~service
     segment = segment_of.to_numpy()[position[known]].astype("int64")
     width = max(len(items), 1)
     group = segment * width + item[known]
     size = (int(segment.max()) + 1 if len(segment) else 0) * width
     quantity = np.bincount(group, weights=part["Quantity"].to_numpy(dtype="float64")[known], minlength=size)
     revenue = np.bincount(group, weights=part["Sales"].to_numpy(dtype="float64")[known], minlength=size)
-    apart = np.append(np.isin(pd.util.hash_pandas_object(pd.Series(invoices, dtype="str"), index=False).to_numpy(),
-                              shared), False)[invoice[known]]
+    apart = np.append(np.isin(text_hashes(invoices), shared), False)[invoice[known]]
     pairs = np.sort(invoice[known][~apart].astype("int64") * max(size, 1) + group[~apart], kind="stable")
     pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs  # distinct, as top_products does
     orders = np.bincount(pairs % max(size, 1), minlength=size)
@@ -190,11 +182,7 @@ def _item_totals(part: pd.DataFrame, segment_of: pd.Series, codes: pd.DataFrame 
                            "orders": orders[present], "quantity": quantity[present], "revenue": revenue[present]})
     triples = pd.DataFrame({"segment": segment[apart], "StockCode": items.take(item[known][apart]),
                             "InvoiceNo": invoices.take(invoice[known][apart])})
-    name, described = dictionary_codes(part["Description"])
-    both = (item >= 0) & (name >= 0)
-    counted, n = np.unique(item[both].astype("int64") * max(len(described), 1) + name[both], return_counts=True)
-    names = pd.DataFrame({"StockCode": items.take(counted // max(len(described), 1)),
-                          "Description": described.take(counted % max(len(described), 1)), "n": n.astype("int64")})
+    names = name_counts(item, items, *dictionary_codes(part["Description"]))
     return {"totals": totals, "shared": triples, "names": names, "service": int(service.sum())}
 
 
