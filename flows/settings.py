@@ -11,8 +11,9 @@ BACKFILL_FLOW_NAME = "customer-segmentation-backfill"
 # Without --dask-address the dask engine starts a LocalCluster of DASK_WORKERS processes. Each
 # spills to disk past part of DASK_WORKER_MEMORY and pauses near it, so that inputs larger than
 # memory stream through (two workers: 10 GiB in all, beside the flow's own process). At 100
-# million lines a worker holds up to about 3.3 GiB (the lifetime value's and CHAID's customers,
-# the basket's encoded partitions): with 4 GiB each, workers paused at 80% of it.
+# million lines a worker held up to about 3.3 GiB when the per-customer stages ran there (with 4
+# GiB each, workers paused at 80% of it); since they compute in the flow's process, 2.9 GiB (the
+# basket's encoded partitions).
 DASK_WORKERS = 2
 DASK_WORKER_MEMORY = "5GiB"
 

@@ -57,6 +57,22 @@ def test_the_engines_give_the_same_answers_on_the_sample(sample_runs):
     assert_same_answers(pandas_run, dask_run)
 
 
+def test_each_stage_computes_where_its_engine_places_it(sample_runs):
+    """Dask: the stages with a dask twin on the cluster, the others in the flow's process (as on
+    the pandas engine, where the catalogue's worker stages go to the worker process)."""
+    from customer_segments.tasks import catalogue
+
+    pandas_run, dask_run, _ = sample_runs
+    for stage in catalogue.STAGES:
+        if stage.name in dask_run.stages:
+            on_dask = dask_run.stages[stage.name].computed_in
+            assert on_dask.startswith("dask worker tcp://") if stage.dask_transform else on_dask == "flow process", (
+                stage.name, on_dask)
+        if stage.name in pandas_run.stages:
+            expected = "worker process" if stage.runs_in == "worker" else "flow process"
+            assert pandas_run.stages[stage.name].computed_in == expected, stage.name
+
+
 def test_line_level_outputs_are_partitioned_and_hashed_per_part(sample_runs):
     _, dask_run, root = sample_runs
     clean = dask_run.stages["clean"].outputs["clean_invoices"]

@@ -76,6 +76,8 @@ class StageRecord(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     gates: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seconds: float | None = None
+    # Where the stage computed: "flow process", "worker process" or "dask worker <address>".
+    computed_in: str | None = None
     error: str | None = None
     # Why a stage did not run on this input (status "skipped").
     reason: str | None = None

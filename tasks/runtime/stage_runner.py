@@ -125,6 +125,7 @@ def compute_stage(stage: Stage, context: RunContext, upstream: Sequence[StageRes
     record = StageRecord(
         status=status, cache_key=key, outputs=outputs, metrics=entry.get("metrics", {}),
         gates=entry.get("gates", {}), seconds=round(time.perf_counter() - started, 3),
+        computed_in=computed_in() if status == "computed" else None,
     )
     return StageResult(stage=stage.name, record=record, facts={**upstream_metrics, **record.metrics}, entry=entry)
 
@@ -273,6 +274,24 @@ def _import_shared() -> None:
             importlib.import_module(module)
         except ImportError:  # a stage that needs it says so when it runs
             pass
+    storage.freeze_imported()
+
+
+def computed_in() -> str:
+    """This process, as a stage's record names it: a dask worker by its address, else the
+    flow's process or the worker process (tasks/runtime/worker_processes.py)."""
+    import sys
+
+    from customer_segments.tasks.runtime import worker_processes
+
+    if "distributed" in sys.modules:  # never imported for it: the pandas engine does without
+        from distributed import get_worker
+
+        try:
+            return f"dask worker {get_worker().address}"
+        except ValueError:  # not in a worker
+            pass
+    return worker_processes.ROLE
 
 
 def _compute(stage: Stage, context: RunContext, inputs: Mapping[str, DatasetRef], entry_dir: Path) -> dict[str, Any]:

@@ -49,6 +49,9 @@ class Channel:
         self.conn.close()
 
 
+# What this process is to the run: the worker says so when it starts serving.
+ROLE = "flow process"
+
 # The channels this process may use, by name ("gate", "work").
 _channels: dict[str, Channel] = {}
 
@@ -119,6 +122,8 @@ def serve_validator(from_parent: str, from_worker: str) -> None:
 def serve_worker(from_parent: str, to_validator: str) -> None:
     from multiprocessing.connection import Connection
 
+    global ROLE
+    ROLE = "worker process"
     _channels["gate"] = Channel(Connection(int(to_validator)))
     _warm_up_worker()
     _serve(Connection(int(from_parent)), {"stage": _run_stage, "preload": _preload})
@@ -204,3 +209,7 @@ def _warm_up_worker() -> None:
         if stage.runs_in == "worker":
             __import__(stage.transform.__module__)
     import mlxtend.frequent_patterns  # noqa: F401  (imported lazily by the basket transform)
+
+    from customer_segments.tasks.runtime import storage
+
+    storage.freeze_imported()

@@ -205,6 +205,7 @@ def warm_up() -> None:
 
     storage.tune_memory()
     gx_state()
+    storage.freeze_imported()
 
 
 HANDLERS = {"validate": _validate_file, "docs": _docs}
