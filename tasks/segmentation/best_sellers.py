@@ -41,7 +41,7 @@ def top_products(
     # Integer codes and numpy instead of joins and groupbys on the string columns: at millions of
     # lines those dominated the stage. Each line's segment by its customer's position in labels;
     # service lines and lines of customers without a segment are masked out, not copied out.
-    position = _positions(clean["CustomerID"], labels["CustomerID"])
+    position = positions(clean["CustomerID"], labels["CustomerID"])
     known = position >= 0
     if service_codes is not None:
         known &= ~is_service_code(clean["StockCode"], service_codes).to_numpy()
@@ -70,15 +70,6 @@ def top_products(
     counts = listed.groupby(["StockCode", "Description"], sort=True).size().rename("n").reset_index()
     return ranked.drop(columns="Description").merge(most_frequent_names(counts), on="StockCode", how="left",
                                                     validate="many_to_one")[ranked.columns].astype({"Description": "str"})
-
-
-def _positions(values: pd.Series, keys: pd.Series) -> np.ndarray:
-    """Each value's position in `keys` (-1 when absent), hashed in Arrow's C++ for string columns."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    found = pc.index_in(pa.array(values.array), value_set=pa.array(keys.array))
-    return found.fill_null(-1).to_numpy().astype("int64")
 
 
 def rank_top_products(per_item: pd.DataFrame, labels: pd.DataFrame, name_counts: pd.DataFrame | None,
