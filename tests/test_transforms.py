@@ -77,6 +77,20 @@ def test_orders_are_one_row_per_invoice_with_its_value_lines_and_items():
     assert table["Country"].tolist() == ["France", "United Kingdom", "United Kingdom"]
 
 
+def test_an_orders_country_is_the_one_on_most_of_its_lines_the_first_alphabetically_on_a_tie():
+    clean = pd.DataFrame({
+        "InvoiceNo": ["1", "1", "1", "2", "2", "3", "3", "4", "5", "5"],
+        "CustomerID": ["9"] * 10,
+        "InvoiceDate": pd.to_datetime(["2011-01-01"] * 5 + ["2011-01-02"] * 5),
+        "Sales": [1.0] * 10,
+        "Country": ["Spain", "EIRE", "Spain", "Spain", "EIRE", None, "France", None, None, "Zambia"],
+    }).astype({"InvoiceNo": "str", "CustomerID": "str", "Country": "str"})
+    table = orders(clean).set_index("InvoiceNo")["Country"]
+    # 1: two lines of three; 2: a tie; 3: one line has none; 4: none at all; 5: one of two.
+    assert table.drop("4").to_dict() == {"1": "Spain", "2": "EIRE", "3": "France", "5": "Zambia"}
+    assert pd.isna(table["4"])
+
+
 def test_features_per_customer_with_one_order_customers():
     features = customer_features(orders(clean_invoices(RAW, CUTOFF)))
     assert features["CustomerID"].tolist() == ["12583", "17850"]

@@ -44,15 +44,26 @@ def _order_country(invoice: np.ndarray, country: pd.Series, n_invoices: int) -> 
     """Each order's Country: the one on most of its lines, the alphabetically first on a tie
     (missing when none of its lines has one)."""
     code, countries = pd.factorize(country, sort=True)
+    n_countries = max(len(countries), 1)
+    # Nearly every order has one country on all its lines: the smallest and the largest code on
+    # its lines (missing ones aside) are then the same, and it is that one. Only the lines of the
+    # other orders are counted country by country.
     known = code >= 0
-    pairs = invoice[known].astype("int64") * max(len(countries), 1) + code[known]
-    pairs, n = np.unique(pairs, return_counts=True)
-    order_of, country_of = pairs // max(len(countries), 1), pairs % max(len(countries), 1)
-    # Per order, the most lines first, then the first country in alphabetical order.
-    ranked = np.lexsort((country_of, -n, order_of))
-    first = ranked[np.r_[True, order_of[ranked][1:] != order_of[ranked][:-1]]] if len(ranked) else ranked
-    chosen = np.full(n_invoices, -1, dtype="int64")
-    chosen[order_of[first]] = country_of[first]
+    lowest = np.full(n_invoices, n_countries, dtype="int64")
+    highest = np.full(n_invoices, -1, dtype="int64")
+    np.minimum.at(lowest, invoice[known], code[known])
+    np.maximum.at(highest, invoice[known], code[known])
+    chosen = np.where(lowest == highest, highest, -1)
+    mixed = lowest < highest
+    if mixed.any():
+        lines = known & mixed[invoice]
+        pairs = invoice[lines].astype("int64") * n_countries + code[lines]
+        pairs, n = np.unique(pairs, return_counts=True)
+        order_of, country_of = pairs // n_countries, pairs % n_countries
+        # Per order, the most lines first, then the first country in alphabetical order.
+        ranked = np.lexsort((country_of, -n, order_of))
+        first = ranked[np.r_[True, order_of[ranked][1:] != order_of[ranked][:-1]]]
+        chosen[order_of[first]] = country_of[first]
     return pd.Series(pd.array(np.asarray(countries, dtype=object), dtype="str").take(chosen, allow_fill=True),
                      dtype="str")
 
