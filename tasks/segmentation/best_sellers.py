@@ -7,7 +7,7 @@ import pandas as pd
 
 from customer_segments.tasks.encoding import dictionary_codes, in_several, positions, text_hashes
 from customer_segments.tasks.methods.products import (
-    codes_of, is_service_code, most_frequent_names, name_counts, service_lines,
+    is_service_code, most_frequent_names, name_counts, service_lines,
 )
 
 TOP_N = 10
@@ -24,7 +24,11 @@ def best_sellers(clean: pd.DataFrame, labels: pd.DataFrame, *, service_codes: li
 
 
 def best_seller_metrics(frames, params) -> dict:
-    """How many cleaned lines were service codes (postage, fees, vouchers) left out of best sellers."""
+    """How many cleaned lines were service codes (postage, fees, vouchers) left out of best sellers
+    (counted by top_products on its way, else here)."""
+    counted = frames["top_products"].attrs.get("service_lines_excluded") if "top_products" in frames else None
+    if counted is not None:
+        return {"service_lines_excluded": counted}
     codes = params.get("service_codes")
     excluded = int(is_service_code(frames["clean_invoices"]["StockCode"], pd.DataFrame(codes)).sum()) if codes else 0
     return {"service_lines_excluded": excluded}
@@ -36,19 +40,23 @@ def top_products(
     """Each segment's best sellers by number of distinct orders, with quantity and revenue.
 
     With `service_codes` (see tasks/products.py), postage, fees and other service lines are left
-    out before ranking: POSTAGE is on most orders but is not a product anyone chooses.
+    out before ranking: POSTAGE is on most orders but is not a product anyone chooses. The
+    number of lines left out is in the result's `attrs` (for the stage's metrics).
     """
-    # Integer codes and numpy instead of joins and groupbys on the string columns: at millions of
-    # lines those dominated the stage. Each line's segment by its customer's position in labels;
-    # service lines and lines of customers without a segment are masked out, not copied out.
-    position = positions(clean["CustomerID"], labels["CustomerID"])
-    known = position >= 0
-    if service_codes is not None:
-        known &= ~is_service_code(clean["StockCode"], service_codes).to_numpy()
+    # Integer codes (Arrow's dictionary encoding) and numpy instead of joins and groupbys on the
+    # string columns: at millions of lines those dominated the stage. Each distinct customer is
+    # looked up in labels and each distinct product judged a service code or not, once; service
+    # lines and lines of customers without a segment are masked out, not copied out.
+    line_item, items = dictionary_codes(clean["StockCode"])
+    line_invoice, _ = dictionary_codes(clean["InvoiceNo"])
+    customer, customers = dictionary_codes(clean["CustomerID"])
+    position = np.append(positions(customers, labels["CustomerID"]), -1)[customer]
+    service = service_lines(line_item, items, service_codes) if service_codes is not None else None
+    known = (position >= 0) & (line_item >= 0)
+    if service is not None:
+        known &= ~service
     segment = labels["segment"].to_numpy()[position[known]]
-    item, items = codes_of(clean["StockCode"])
-    invoice, invoices = codes_of(clean["InvoiceNo"])
-    item, invoice = item[known], invoice[known]
+    item, invoice = line_item[known], line_invoice[known]
     group = segment.astype("int64") * len(items) + item                     # one number per (segment, item)
     size = (int(segment.max()) + 1 if len(segment) else 0) * len(items)
     quantity = np.bincount(group, weights=clean["Quantity"].to_numpy()[known], minlength=size)
@@ -66,10 +74,13 @@ def top_products(
     })
     ranked = rank_top_products(per_item, labels, None, top_n)
     # Descriptions of the listed items only (a few dozen), not of every line's.
-    listed = clean.loc[clean["StockCode"].isin(ranked["StockCode"].unique()).to_numpy(), ["StockCode", "Description"]]
+    wanted = items.get_indexer(ranked["StockCode"].unique())
+    listed = clean.loc[np.isin(line_item, wanted[wanted >= 0]), ["StockCode", "Description"]]
     counts = listed.groupby(["StockCode", "Description"], sort=True).size().rename("n").reset_index()
-    return ranked.drop(columns="Description").merge(most_frequent_names(counts), on="StockCode", how="left",
-                                                    validate="many_to_one")[ranked.columns].astype({"Description": "str"})
+    top = ranked.drop(columns="Description").merge(most_frequent_names(counts), on="StockCode", how="left",
+                                                   validate="many_to_one")[ranked.columns].astype({"Description": "str"})
+    top.attrs = {"service_lines_excluded": int(service.sum()) if service is not None else 0}
+    return top
 
 
 def rank_top_products(per_item: pd.DataFrame, labels: pd.DataFrame, name_counts: pd.DataFrame | None,
