@@ -132,8 +132,7 @@ def _validate(dataset: str, df: pd.DataFrame, parameters: Mapping[str, Any]) -> 
 # Datasets longer than this are validated in slices of row groups, their results merged: GX
 # holds copies of what it validates (three times the frame at ten million lines).
 SLICE_ROWS = 2_500_000
-# Below this many rows a validated frame's memory is not worth a full garbage collection (about
-# 0.1 s in a process that has imported GX, which every small gate would wait for).
+# Below this many rows a validated frame's memory is not worth handing back to the system.
 RELEASE_ROWS = 500_000
 
 
@@ -180,12 +179,13 @@ def _release_memory() -> None:
     """Give the memory of a validated dataset back to the system before the next one.
 
     GX's copies of a line-level dataset run to gigabytes at millions of lines; freed, they stay
-    with the process's allocator unless it is asked to return them.
+    with the process's allocator unless it is asked to return them. They are freed as soon as
+    validation returns: no garbage collection is needed for that (the validator's memory after
+    each of the ten million lines' slices was the same with and without one, which took 0.6 s of
+    CPU per run).
     """
     import ctypes
-    import gc
 
-    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: the allocator keeps what it keeps
