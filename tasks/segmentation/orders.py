@@ -37,7 +37,7 @@ def orders(clean: pd.DataFrame) -> pd.DataFrame:
     if "Country" in clean.columns:
         table["Country"] = _order_country(invoice, clean["Country"], len(invoices))
         columns.append("Country")
-    return _sorted(table[columns])
+    return _sorted(table[columns], by_invoice=True)
 
 
 def _order_country(invoice: np.ndarray, country: pd.Series, n_invoices: int) -> pd.Series:
@@ -68,8 +68,18 @@ def _order_country(invoice: np.ndarray, country: pd.Series, n_invoices: int) -> 
                      dtype="str")
 
 
-def _sorted(table: pd.DataFrame) -> pd.DataFrame:
-    return table.sort_values(["CustomerID", "InvoiceDate", "InvoiceNo"], kind="stable").reset_index(drop=True)
+def _sorted(table: pd.DataFrame, by_invoice: bool = False) -> pd.DataFrame:
+    """By CustomerID, InvoiceDate, InvoiceNo, missing values last, as `sort_values` orders them:
+    one sort of integer keys (`by_invoice`: the rows are in InvoiceNo order already)."""
+    def last_if_missing(codes: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        return np.where(missing, np.iinfo("int64").max, codes) if missing.any() else codes
+
+    customer = pd.factorize(table["CustomerID"], sort=True)[0].astype("int64")
+    dates = table["InvoiceDate"]
+    date = last_if_missing(np.asarray(dates.array.asi8), dates.isna().to_numpy())
+    invoice = np.arange(len(table)) if by_invoice else pd.factorize(table["InvoiceNo"], sort=True)[0]
+    order = np.lexsort((last_if_missing(invoice, invoice < 0), date, last_if_missing(customer, customer < 0)))
+    return table.take(order).reset_index(drop=True)
 
 
 def order_metrics(frames, params) -> dict:
