@@ -91,6 +91,22 @@ def test_an_orders_country_is_the_one_on_most_of_its_lines_the_first_alphabetica
     assert pd.isna(table["4"])
 
 
+def test_orders_are_sorted_as_sort_values_sorts_them_missing_customers_and_dates_last():
+    rng = np.random.default_rng(5)
+    n = 400
+    clean = pd.DataFrame({
+        "InvoiceNo": rng.integers(0, 150, n).astype(str),
+        "CustomerID": pd.Series(np.array(["12", "3", "B", "a", None], dtype=object)[rng.integers(0, 5, n)]),
+        "InvoiceDate": pd.Series(pd.Timestamp("2011-01-01") + pd.to_timedelta(rng.integers(0, 3, n), unit="D")),
+        "Sales": rng.random(n),
+    }).astype({"InvoiceNo": "str", "CustomerID": "str"})
+    clean["InvoiceDate"] = clean["InvoiceDate"].mask(rng.random(n) < 0.1)
+    table = orders(clean)
+    expected = table.sort_values(["CustomerID", "InvoiceDate", "InvoiceNo"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(table, expected)
+    assert table["CustomerID"].isna().any() and table["InvoiceDate"].isna().any()
+
+
 def test_features_per_customer_with_one_order_customers():
     features = customer_features(orders(clean_invoices(RAW, CUTOFF)))
     assert features["CustomerID"].tolist() == ["12583", "17850"]
