@@ -43,21 +43,12 @@ def top_products(
     out before ranking: POSTAGE is on most orders but is not a product anyone chooses. The
     number of lines left out is in the result's `attrs` (for the stage's metrics).
     """
-    # Integer codes (Arrow's dictionary encoding) and numpy instead of joins and groupbys on the
-    # string columns: at millions of lines those dominated the stage. Each distinct customer is
-    # looked up in labels and each distinct product judged a service code or not, once; service
-    # lines and lines of customers without a segment are masked out, not copied out.
-    line_item, items = dictionary_codes(clean["StockCode"])
-    line_invoice, _ = dictionary_codes(clean["InvoiceNo"])
-    customer, customers = dictionary_codes(clean["CustomerID"])
-    position = np.append(positions(customers, labels["CustomerID"]), -1)[customer]
-    service = service_lines(line_item, items, service_codes) if service_codes is not None else None
-    known = (position >= 0) & (line_item >= 0)
-    if service is not None:
-        known &= ~service
-    segment = labels["segment"].to_numpy()[position[known]]
+    # Integer codes and numpy instead of joins and groupbys on the string columns: at millions of
+    # lines those dominated the stage (see _counted_lines).
+    segment_of = _segment_of(labels)
+    line_item, items, line_invoice, _, service, known, segment = _counted_lines(clean, segment_of, service_codes)
     item, invoice = line_item[known], line_invoice[known]
-    group = segment.astype("int64") * len(items) + item                     # one number per (segment, item)
+    group = segment * len(items) + item                                     # one number per (segment, item)
     size = (int(segment.max()) + 1 if len(segment) else 0) * len(items)
     quantity = np.bincount(group, weights=clean["Quantity"].to_numpy()[known], minlength=size)
     revenue = np.bincount(group, weights=clean["Sales"].to_numpy()[known], minlength=size)
@@ -78,9 +69,30 @@ def top_products(
     listed = clean.loc[np.isin(line_item, wanted[wanted >= 0]), ["StockCode", "Description"]]
     counts = listed.groupby(["StockCode", "Description"], sort=True).size().rename("n").reset_index()
     top = ranked.drop(columns="Description").merge(most_frequent_names(counts), on="StockCode", how="left",
-                                                   validate="many_to_one")[ranked.columns].astype({"Description": "str"})
-    top.attrs = {"service_lines_excluded": int(service.sum()) if service is not None else 0}
+                                                   validate="many_to_one")
+    top = top[ranked.columns].astype({"Description": "str"})
+    top.attrs = {"service_lines_excluded": int(service.sum())}
     return top
+
+
+def _segment_of(labels: pd.DataFrame) -> pd.Series:
+    """Each customer's segment, by CustomerID."""
+    return labels.drop_duplicates("CustomerID").set_index("CustomerID")["segment"]
+
+
+def _counted_lines(lines: pd.DataFrame, segment_of: pd.Series, codes: pd.DataFrame | None) -> tuple:
+    """The lines' products and invoices as codes (Arrow's dictionary encoding) with the values
+    they stand for, which lines are service lines, which count (a customer with a segment, a
+    product, not a service line: masked, not copied out) and the segment of each that counts.
+    Each distinct customer is looked up and each distinct product judged once, not each line."""
+    item, items = dictionary_codes(lines["StockCode"])
+    invoice, invoices = dictionary_codes(lines["InvoiceNo"])
+    customer, customers = dictionary_codes(lines["CustomerID"])
+    position = np.append(positions(customers, segment_of.index), -1)[customer]
+    service = np.zeros(len(lines), dtype=bool) if codes is None else service_lines(item, items, codes)
+    known = (position >= 0) & (item >= 0) & ~service
+    segment = segment_of.to_numpy()[position[known]].astype("int64")
+    return item, items, invoice, invoices, service, known, segment
 
 
 def rank_top_products(per_item: pd.DataFrame, labels: pd.DataFrame, name_counts: pd.DataFrame | None,
@@ -137,8 +149,7 @@ def top_products_dask(clean_lines, labels: pd.DataFrame, service_codes: list[dic
     parts = clean_lines[["CustomerID", "InvoiceNo", "StockCode", "Description", "Quantity", "Sales"]].to_delayed()
     shared = in_several(client.gather(client.compute([dask.delayed(_invoice_hashes)(part)
                                                       for part in clean_lines[["InvoiceNo"]].to_delayed()])))
-    [segment_of] = client.scatter([labels.drop_duplicates("CustomerID").set_index("CustomerID")["segment"]],
-                                  broadcast=True)
+    [segment_of] = client.scatter([_segment_of(labels)], broadcast=True)
     found = client.gather(client.compute([dask.delayed(_item_totals)(part, segment_of, codes, shared)
                                           for part in parts]))
     totals = pd.concat([f["totals"] for f in found], ignore_index=True)
@@ -164,12 +175,7 @@ def _invoice_hashes(part: pd.DataFrame) -> np.ndarray:
 def _item_totals(part: pd.DataFrame, segment_of: pd.Series, codes: pd.DataFrame | None, shared: np.ndarray) -> dict:
     """A partition's totals per (segment, StockCode), its orders counted without the `shared`
     invoices, whose (segment, StockCode, InvoiceNo) triples come apart; its name counts."""
-    item, items = dictionary_codes(part["StockCode"])
-    invoice, invoices = dictionary_codes(part["InvoiceNo"])
-    position = positions(part["CustomerID"], segment_of.index)
-    service = np.zeros(len(part), dtype=bool) if codes is None else service_lines(item, items, codes)
-    known = (position >= 0) & (item >= 0) & ~service
-    segment = segment_of.to_numpy()[position[known]].astype("int64")
+    item, items, invoice, invoices, service, known, segment = _counted_lines(part, segment_of, codes)
     width = max(len(items), 1)
     group = segment * width + item[known]
     size = (int(segment.max()) + 1 if len(segment) else 0) * width
