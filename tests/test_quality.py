@@ -596,3 +596,43 @@ def test_suites_ship_inside_the_package():
 
     assert EXPECTATIONS_DIR == Path(package.__file__).parent
     assert sorted(p.stem for p in EXPECTATIONS_DIR.glob("*.json")) == sorted(DATASETS)
+
+
+def test_column_metrics_see_only_their_column_and_give_the_same_report(monkeypatch):
+    """The validator hands a single-column metric only its column (validation.narrow_column_domains);
+    GX's own whole-batch domain gives the same verdicts, counts and unexpected samples."""
+    from great_expectations.execution_engine.pandas_execution_engine import PandasExecutionEngine
+
+    validation.gx_state()
+    narrowed = PandasExecutionEngine.get_compute_domain
+    assert narrowed.narrowed
+    raw = raw_frame(40)
+    raw.loc[[0, 5], "InvoiceNo"] = ["536365.0", "A-1"]
+    raw.loc[[1, 2, 3], "CustomerID"] = [None, "12x", None]
+    raw.loc[4, "UnitPrice"] = -5.0
+    raw.loc[6, "Quantity"] = 20000
+    raw.loc[7, "Country"] = None
+    clean = clean_frame()
+    clean.loc[clean.index[0], "Sales"] = clean["Sales"].iloc[0] + 1.0
+
+    def reports():
+        out = []
+        for df, dataset in ((raw, "raw_invoices"), (clean, "clean_invoices")):
+            report = validate(df, dataset, RUN).report
+            out.append([(r["expectation_config"]["type"], r["expectation_config"]["kwargs"], r["success"], r["result"])
+                        for r in report["results"]])
+        return out
+
+    seen = []
+
+    def counting_columns(self, *args, **kwargs):
+        domain = narrowed(self, *args, **kwargs)
+        seen.append(domain[0].shape[1])
+        return domain
+
+    monkeypatch.setattr(PandasExecutionEngine, "get_compute_domain", counting_columns)
+    got = reports()
+    assert 1 in seen and max(seen) > 1  # column metrics narrowed, table metrics not
+    assert any(not r[2] for r in got[0]) and any(r[3].get("partial_unexpected_list") for r in got[0])
+    monkeypatch.setattr(PandasExecutionEngine, "get_compute_domain", narrowed.whole_batch)
+    assert reports() == got

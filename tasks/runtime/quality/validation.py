@@ -224,6 +224,7 @@ class GxState:
         # (0.14 s at 541,909 lines, seconds at millions). The stage runner hashes every output's
         # bytes already, so the fingerprint only costs time: 0 turns it off.
         pandas_execution_engine.HASH_THRESHOLD = 0
+        narrow_column_domains(pandas_execution_engine.PandasExecutionEngine)
         product_expectation.register()
         self.gx = gx
         self.lock = threading.RLock()
@@ -246,6 +247,32 @@ class GxState:
                 cached = load_suite(path, stamp)
                 self._suites[path] = cached
             return cached
+
+
+def narrow_column_domains(engine: type) -> None:
+    """Give a single-column metric a frame of its column only, not the whole batch (once).
+
+    GX's pandas engine hands each column-map metric the whole batch, which then drops the rows
+    where its column is missing by filtering the whole frame: every column copied, for each
+    such expectation. The metric reads only its column (and, with the BASIC result format, no
+    other column of the unexpected rows), so the narrowed frame gives the same result; a test
+    compares the reports. Validating the ten million raw lines: 5.0 s to 3.4 s.
+    """
+    from great_expectations.core.metric_domain_types import MetricDomainTypes
+
+    whole_batch = engine.get_compute_domain
+    if getattr(whole_batch, "narrowed", False):
+        return
+
+    def get_compute_domain(self, domain_kwargs, domain_type, accessor_keys=None):
+        data, compute, accessor = whole_batch(self, domain_kwargs, domain_type, accessor_keys)
+        column = accessor.get("column")
+        if MetricDomainTypes(domain_type) is MetricDomainTypes.COLUMN and column in data.columns and data.shape[1] > 1:
+            data = data[[column]]
+        return data, compute, accessor
+
+    get_compute_domain.narrowed, get_compute_domain.whole_batch = True, whole_batch
+    engine.get_compute_domain = get_compute_domain
 
 
 _STATE: GxState | None = None
