@@ -34,6 +34,12 @@ def positions(values: pd.Series, index: pd.Index | pd.Series) -> np.ndarray:
     return found.fill_null(-1).to_numpy(zero_copy_only=False).astype("int64")
 
 
+def is_in(values: pd.Series, allowed) -> np.ndarray:
+    """Whether each text value is one of `allowed` (a missing value never is). pandas' isin on
+    text makes a Python object of each allowed value: 0.47 s against 0.02 s for 100,000."""
+    return positions(values, pd.Index(allowed, dtype="str")) >= 0
+
+
 def text_hashes(values: pd.Index | pd.Series) -> np.ndarray:
     """64-bit hashes of text values (a missing value has its own)."""
     return pd.util.hash_pandas_object(pd.Series(values, dtype="str"), index=False).to_numpy()

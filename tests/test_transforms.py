@@ -301,3 +301,17 @@ def test_silhouette_on_a_fixed_sample_when_customers_are_many(monkeypatch):
     assert not np.allclose(sampled["silhouette"].dropna(), full["silhouette"].dropna(), rtol=0, atol=1e-12)
     assert np.allclose(sampled["silhouette"].dropna(), full["silhouette"].dropna(), atol=0.05)
     pd.testing.assert_series_equal(sampled["sse"], full["sse"])  # SSE always uses every customer
+
+
+def test_is_in_answers_as_pandas_isin_on_text():
+    from customer_segments.tasks.encoding import is_in
+
+    rng = np.random.default_rng(5)
+    values = pd.Series(rng.integers(0, 500, 2000).astype(str), dtype="str")
+    values[rng.random(2000) < 0.05] = None
+    allowed = pd.Series(rng.integers(0, 500, 300).astype(str), dtype="str").unique()
+    got = is_in(values, allowed)
+    assert got.dtype == bool and 0 < got.sum() < values.notna().sum()
+    assert (got == values.isin(allowed).to_numpy()).all()
+    assert not is_in(values, []).any()
+    assert is_in(pd.Series([17850, 13047]), ["17850"]).tolist() == [True, False]  # numbers compared as text

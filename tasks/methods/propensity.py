@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from customer_segments.tasks.encoding import is_in
 from customer_segments.tasks.errors import ParameterError
 from customer_segments.tasks.methods.rfm import rfm_values
 
@@ -79,7 +80,7 @@ def snapshot(orders: pd.DataFrame, at: pd.Timestamp | str, horizon_months: int |
     end = pd.Timestamp(label_end) if label_end is not None else at + pd.DateOffset(months=horizon_months)
     dates = orders["InvoiceDate"]
     buyers = orders.loc[((dates >= at) & (dates < end)).to_numpy(), "CustomerID"].unique()
-    features["label"] = features["CustomerID"].isin(buyers).astype("int64")
+    features["label"] = is_in(features["CustomerID"], buyers).astype("int64")
     return features
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from customer_segments.tasks.encoding import is_in
 from customer_segments.tasks.segmentation.cluster import NORMALIZED
 from customer_segments.tasks.segmentation.features import FEATURES
 
@@ -98,5 +99,5 @@ def assign_segments(features: pd.DataFrame, model: pd.DataFrame) -> pd.DataFrame
     out["segment_id"] = centers["segment_id"].to_numpy()[nearest]
     out["segment_name"] = centers["segment_name"].to_numpy()[nearest]
     out["distance"] = distances[np.arange(len(out)), nearest]
-    out["in_run"] = features["CustomerID"].astype("str").isin(set(reference["CustomerID"].astype("str"))).to_numpy()
+    out["in_run"] = is_in(features["CustomerID"], reference["CustomerID"].unique())
     return out.astype({"segment_id": "str", "segment_name": "str"})
