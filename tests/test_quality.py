@@ -634,5 +634,7 @@ def test_column_metrics_see_only_their_column_and_give_the_same_report(monkeypat
     got = reports()
     assert 1 in seen and max(seen) > 1  # column metrics narrowed, table metrics not
     assert any(not r[2] for r in got[0]) and any(r[3].get("partial_unexpected_list") for r in got[0])
-    monkeypatch.setattr(PandasExecutionEngine, "get_compute_domain", narrowed.whole_batch)
+    whole_domain, whole_records = narrowed.whole
+    monkeypatch.setattr(PandasExecutionEngine, "get_compute_domain", whole_domain)
+    monkeypatch.setattr(PandasExecutionEngine, "get_domain_records", whole_records)
     assert reports() == got

@@ -252,27 +252,43 @@ class GxState:
 def narrow_column_domains(engine: type) -> None:
     """Give a single-column metric a frame of its column only, not the whole batch (once).
 
-    GX's pandas engine hands each column-map metric the whole batch, which then drops the rows
-    where its column is missing by filtering the whole frame: every column copied, for each
-    such expectation. The metric reads only its column (and, with the BASIC result format, no
-    other column of the unexpected rows), so the narrowed frame gives the same result; a test
-    compares the reports. Validating the ten million raw lines: 5.0 s to 3.4 s.
+    GX's pandas engine hands each column-map metric the whole batch, twice (to test the values,
+    then to pick the sample of unexpected ones), and each time drops the rows where the column is
+    missing by filtering the whole frame: every column copied, twice per such expectation. The
+    metric reads only its column (and, with the BASIC result format, no other column of the
+    unexpected rows), so the narrowed frame gives the same result; a test compares the reports.
+    Validating the ten million raw lines: about 5 s to 2 s.
     """
     from great_expectations.core.metric_domain_types import MetricDomainTypes
 
-    whole_batch = engine.get_compute_domain
-    if getattr(whole_batch, "narrowed", False):
+    whole_domain, whole_records = engine.get_compute_domain, engine.get_domain_records
+    if getattr(whole_domain, "narrowed", False):
         return
 
-    def get_compute_domain(self, domain_kwargs, domain_type, accessor_keys=None):
-        data, compute, accessor = whole_batch(self, domain_kwargs, domain_type, accessor_keys)
-        column = accessor.get("column")
-        if MetricDomainTypes(domain_type) is MetricDomainTypes.COLUMN and column in data.columns and data.shape[1] > 1:
-            data = data[[column]]
-        return data, compute, accessor
+    def narrowed(data, column):
+        return data[[column]] if column in data.columns and data.shape[1] > 1 else data
 
-    get_compute_domain.narrowed, get_compute_domain.whole_batch = True, whole_batch
-    engine.get_compute_domain = get_compute_domain
+    def get_compute_domain(self, domain_kwargs, domain_type, accessor_keys=None):
+        data, compute, accessor = whole_domain(self, domain_kwargs, domain_type, accessor_keys)
+        column = accessor.get("column")
+        if MetricDomainTypes(domain_type) is not MetricDomainTypes.COLUMN or column is None:
+            return data, compute, accessor
+        # The compute domain comes back with the metric's result; the sample of unexpected values
+        # asks for its records again with it, so it names the column for get_domain_records.
+        return narrowed(data, column), type(compute)({**compute, _ONLY_COLUMN: column}), accessor
+
+    def get_domain_records(self, domain_kwargs):
+        column = domain_kwargs.get(_ONLY_COLUMN)
+        if column is None:
+            return whole_records(self, domain_kwargs)
+        return narrowed(whole_records(self, {k: v for k, v in domain_kwargs.items() if k != _ONLY_COLUMN}), column)
+
+    get_compute_domain.narrowed = True
+    get_compute_domain.whole = get_domain_records.whole = (whole_domain, whole_records)
+    engine.get_compute_domain, engine.get_domain_records = get_compute_domain, get_domain_records
+
+
+_ONLY_COLUMN = "_only_column"
 
 
 _STATE: GxState | None = None
