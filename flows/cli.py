@@ -24,6 +24,7 @@ from customer_segments.tasks import catalogue
 from customer_segments.tasks.runtime.graph import pipeline
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client-side telemetry (a user's own choice is kept)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(

@@ -17,6 +17,7 @@ import inspect
 import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client-side telemetry (a user's own choice is kept)
 
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -259,3 +259,21 @@ def test_run_ids_are_checked_and_errors_name_the_command(command, tmp_path):
         assert "no run 20991231T000000Z-00000000 under" in done.stderr
     else:
         assert "is not a run id" in done.stderr and "segment history" in done.stderr
+
+
+def test_prefect_and_gx_telemetry_are_off_unless_the_user_turns_them_on():
+    """The command and the flow module turn off Prefect's server analytics, its client-side
+    telemetry (DO_NOT_TRACK) and GX's usage statistics before either library loads."""
+    import sys
+
+    check = ("import os, customer_segments.flows.cli, customer_segments.flows.pipeline; "
+             "from prefect._internal.analytics.enabled import is_telemetry_enabled; "
+             "print(is_telemetry_enabled(), os.environ['DO_NOT_TRACK'], "
+             "os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'], os.environ['GX_ANALYTICS_ENABLED'])")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "GX_ANALYTICS_ENABLED", "CI")}
+    out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "1", "false", "false"]
+    out = subprocess.run([sys.executable, "-c", check], env={**env, "DO_NOT_TRACK": "0"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split()[1] == "0"  # the user's own setting is kept
