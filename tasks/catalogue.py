@@ -139,7 +139,7 @@ BEST_SELLERS = Stage(
     # In the worker beside the basket rules, which read the same lines: only that process holds
     # the clean lines once the orders exist, and the run's process keeps the per-customer methods.
     runs_in="worker",
-    dask_transform=best_sellers.best_sellers_dask, dask_metrics=best_sellers.best_seller_metrics_dask,
+    dask_transform=best_sellers.best_sellers_dask,
 )
 
 # The article's other methods; each can be switched off, and each draws its own chart.

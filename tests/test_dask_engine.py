@@ -146,8 +146,8 @@ def test_best_sellers_from_parts_equal_those_of_the_whole_table(sample_runs, tmp
             Client(cluster):
         lines = dd.read_parquet(in_parts(clean, tmp_path), index=False)
         got = best_sellers.best_sellers_dask(lines, labels, service_codes=codes)
-        metrics = best_sellers.best_seller_metrics_dask({"clean_invoices": lines, "top_products": got},
-                                                        {"service_codes": codes})
+        metrics = best_sellers.best_seller_metrics({"clean_invoices": lines, "top_products": got},
+                                                   {"service_codes": codes})
     exact = [c for c in got.columns if c != "revenue"]
     pd.testing.assert_frame_equal(got[exact], expected[exact], check_exact=True)
     pd.testing.assert_series_equal(got["revenue"], expected["revenue"], check_exact=False, rtol=1e-12, atol=0)

@@ -7,7 +7,7 @@ import pandas as pd
 
 from customer_segments.tasks.encoding import dictionary_codes, in_several, positions, text_hashes
 from customer_segments.tasks.methods.products import (
-    is_service_code, most_frequent_names, name_counts, service_lines,
+    most_frequent_names, name_counts, service_lines,
 )
 
 TOP_N = 10
@@ -24,14 +24,9 @@ def best_sellers(clean: pd.DataFrame, labels: pd.DataFrame, *, service_codes: li
 
 
 def best_seller_metrics(frames, params) -> dict:
-    """How many cleaned lines were service codes (postage, fees, vouchers) left out of best sellers
-    (counted by top_products on its way, else here)."""
-    counted = frames["top_products"].attrs.get("service_lines_excluded") if "top_products" in frames else None
-    if counted is not None:
-        return {"service_lines_excluded": counted}
-    codes = params.get("service_codes")
-    excluded = int(is_service_code(frames["clean_invoices"]["StockCode"], pd.DataFrame(codes)).sum()) if codes else 0
-    return {"service_lines_excluded": excluded}
+    """How many cleaned lines were service codes (postage, fees, vouchers) left out of best sellers:
+    counted by top_products (or its dask twin) on its way."""
+    return {"service_lines_excluded": frames["top_products"].attrs.get("service_lines_excluded", 0)}
 
 
 def top_products(
@@ -192,7 +187,3 @@ def _item_totals(part: pd.DataFrame, segment_of: pd.Series, codes: pd.DataFrame 
                             "InvoiceNo": invoices.take(invoice[known][apart])})
     names = name_counts(item, items, *dictionary_codes(part["Description"]))
     return {"totals": totals, "shared": triples, "names": names, "service": int(service.sum())}
-
-
-def best_seller_metrics_dask(frames, params) -> dict:
-    return {"service_lines_excluded": frames["top_products"].attrs.get("service_lines_excluded", 0)}
