@@ -43,6 +43,7 @@ def build_data_docs(
         # produced by other processes, and nothing from earlier builds.
         context = state.gx.get_context(mode="ephemeral", project_config=project_config())
         try:
+            added: set[str] = set()  # listing the context's suites loads every one of them again
             for dataset, report in items:
                 result = expectationSuiteValidationResultSchema.load(
                     {**report, "suite_name": report.get("suite_name") or dataset}
@@ -60,10 +61,11 @@ def build_data_docs(
                 context.validation_results_store.set(key, result)
                 if (folder / f"{dataset}.json").is_file():
                     suite = state.suite(folder / f"{dataset}.json").suite
-                    if not any(s.name == suite.name for s in context.suites.all()):
+                    if suite.name not in added:
                         # Adding binds a suite to the context and gives it ids: add a copy, so
                         # the cached suite used for validation stays unbound.
                         context.suites.add(copy_suite(suite))
+                        added.add(suite.name)
 
             context.add_data_docs_site(
                 site_name=SITE_NAME,
