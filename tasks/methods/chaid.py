@@ -42,12 +42,20 @@ UNKNOWN_COUNTRY = "Unknown"
 SEGMENT_COLUMNS = ("chaid_segment", "rule", "customers", "responders", "response_rate", "depth", "node_id")
 
 
+# CHAID warns, when it is first imported, that the optional packages of its graphs are missing; the
+# product draws no CHAID graph. The filter is set for the process when this module loads, since
+# catch_warnings() is not thread-safe: stages compute in threads, and another stage leaving its own
+# catch_warnings() while CHAID was imported restored the filters without this one. The import keeps
+# its own catch_warnings() for callers that reset the filters after this module loaded (pytest
+# does, per test).
+_GRAPH_WARNING = "Imports of optional packages needed to generate graphs failed"
+warnings.filterwarnings("ignore", message=_GRAPH_WARNING, category=UserWarning)
+
+
 def _tree_class():
     """CHAID's Tree, imported without its warning about the optional plotting packages (unused here)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Imports of optional packages needed to generate graphs failed", category=UserWarning,
-        )
+        warnings.filterwarnings("ignore", message=_GRAPH_WARNING, category=UserWarning)
         from CHAID import Tree
     return Tree
 
