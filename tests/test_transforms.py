@@ -217,6 +217,20 @@ def test_select_k_honours_a_given_k_and_rejects_too_few_customers():
         k_selection(blobs(per=2)[:6], k_min=4, k_max=8)
 
 
+def test_k_means_fits_side_by_side_give_each_k_the_labels_of_a_fit_alone():
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.RandomState(7)
+    points = np.vstack([rng.normal(center, 0.6, size=(3_000, 3)) for center in (0, 3, 6, 9, 12)])
+    ks = list(range(2, 11))
+    with threadpool_limits(limits=1, user_api="openmp"):
+        together = select_k.fitted_labels(points, ks)
+        alone = {k: select_k.fit_kmeans(points, k).labels_ for k in ks}
+    assert list(together) == ks
+    for k in ks:
+        np.testing.assert_array_equal(together[k], alone[k])
+
+
 def test_cluster_numbers_segments_by_total_sales_and_names_them():
     normalized = blobs()
     features = normalized.copy()
