@@ -546,8 +546,12 @@ def _with_engine(flow, engine: str, dask_address: str | None):
         if dask_address:
             raise typer.BadParameter("--dask-address goes with --engine dask", param_hint="--dask-address")
         return flow
+    import dask
     from prefect_dask import DaskTaskRunner
 
+    if not dask_address:  # read by the local cluster's nannies when they start the workers
+        key = "distributed.nanny.pre-spawn-environ"
+        dask.config.set({key: {**dask.config.get(key, default={}), **settings.DASK_WORKER_MALLOC}})
     runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
         cluster_kwargs={"n_workers": settings.DASK_WORKERS, "threads_per_worker": 1, "processes": True,
                         "memory_limit": settings.DASK_WORKER_MEMORY, "dashboard_address": None})

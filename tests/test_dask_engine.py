@@ -205,6 +205,35 @@ def test_a_folder_of_parts_on_an_existing_cluster(prefect_server, tmp_path):
     assert_same_answers(pandas_run, dask_run)
 
 
+@pytest.mark.parametrize("users_own", [None, "1048576"])
+def test_the_local_clusters_workers_start_with_the_allocator_setting_unless_the_user_has_one(monkeypatch, users_own):
+    import dask
+    from distributed import Client, LocalCluster
+
+    from customer_segments.flows import cli, settings
+
+    key = "distributed.nanny.pre-spawn-environ"
+    before = dask.config.get(key)
+    if users_own is None:
+        monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    else:
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", users_own)
+    try:
+        from customer_segments.flows.pipeline import segmentation
+
+        assert type(cli._with_engine(segmentation, "dask", None).task_runner).__name__ == "DaskTaskRunner"
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            seen = client.run(lambda: {k: os.environ.get(k) for k in settings.DASK_WORKER_MALLOC})
+    finally:
+        dask.config.set({key: before})
+    [environ] = seen.values()
+    expected = dict(settings.DASK_WORKER_MALLOC)
+    if users_own is not None:
+        expected["MALLOC_MMAP_THRESHOLD_"] = users_own
+    assert environ == expected
+
+
 def test_a_killed_worker_mid_stage_then_the_run_completes_or_resumes_identically(prefect_server, sample_runs, tmp_path):
     from distributed import LocalCluster
 
