@@ -21,8 +21,9 @@ DASK_WORKER_MEMORY = "5GiB"
 # larger than that is mapped afresh and each of its pages faults in when first written: at 100
 # million lines the busier worker took 39 million page faults and 94 s of kernel time. Arrays
 # under 64 MiB (a column of a 3-million-line partition is 24 MB) now reuse freed memory instead.
-# The whole run: 297 s against 373-380 s; peak of all processes 9.65 GiB against 9.02 (one run
-# each). A user's own MALLOC_* variables win, as dask lets them.
+# The whole run (with select_k's fits side by side): 315 s against 373 s with those alone, peak of
+# all processes 9.24 GiB against 9.02 (one run each; BENCHMARKS.md). A user's own MALLOC_*
+# variables win, as dask lets them.
 DASK_WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "268435456"}
 
 # The monthly deployment: `segment serve` and `segment deploy` register it under this name.
