@@ -214,9 +214,11 @@ def test_the_local_clusters_workers_start_with_the_allocator_setting_unless_the_
 
     key = "distributed.nanny.pre-spawn-environ"
     before = dask.config.get(key)
-    if users_own is None:
-        monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    else:
+    # A nanny copies what its workers get into its own process's environment, where the next
+    # nanny takes it for the user's: start from a process without any (restored afterwards).
+    for name in settings.DASK_WORKER_MALLOC:
+        monkeypatch.delenv(name, raising=False)
+    if users_own is not None:
         monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", users_own)
     try:
         from customer_segments.flows.pipeline import segmentation
