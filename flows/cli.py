@@ -549,13 +549,14 @@ def _with_engine(flow, engine: str, dask_address: str | None):
     import dask
     from prefect_dask import DaskTaskRunner
 
-    if not dask_address:  # read by the local cluster's nannies when they start the workers
-        key = "distributed.nanny.pre-spawn-environ"
-        dask.config.set({key: {**dask.config.get(key, default={}), **settings.DASK_WORKER_MALLOC}})
-    runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
+    if dask_address:
+        return flow.with_options(task_runner=DaskTaskRunner(address=dask_address))
+    # Read by the local cluster's nannies when they start the workers.
+    key = "distributed.nanny.pre-spawn-environ"
+    dask.config.set({key: {**dask.config.get(key, default={}), **settings.DASK_WORKER_MALLOC}})
+    return flow.with_options(task_runner=DaskTaskRunner(
         cluster_kwargs={"n_workers": settings.DASK_WORKERS, "threads_per_worker": 1, "processes": True,
-                        "memory_limit": settings.DASK_WORKER_MEMORY, "dashboard_address": None})
-    return flow.with_options(task_runner=runner)
+                        "memory_limit": settings.DASK_WORKER_MEMORY, "dashboard_address": None}))
 
 
 def _finish(call, json_out: bool, verbose: bool) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 import pandas as pd
 
+from customer_segments.tasks.cores import usable_cores
 from customer_segments.tasks.errors import PipelineError, disk_full
 from customer_segments.tasks.runtime import code_version, storage
 from customer_segments.tasks.runtime.manifest import DatasetRef, RunContext, StageRecord, StageResult
@@ -229,7 +230,7 @@ FEW_CORES = 4
 
 
 def default_threads() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return 1 if cores <= FEW_CORES else cores
 
 

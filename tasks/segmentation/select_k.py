@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 
+from customer_segments.tasks.cores import usable_cores
 from customer_segments.tasks.errors import ParameterError
 from customer_segments.tasks.segmentation.features import FEATURES
 
@@ -41,8 +40,7 @@ def fitted_labels(points: np.ndarray, ks: list[int]) -> dict[int, np.ndarray]:
     from threadpoolctl import threadpool_info, threadpool_limits
 
     threads = min((lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "openmp"), default=1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    side_by_side = max(1, min(len(ks), cores // max(threads, 1)))
+    side_by_side = max(1, min(len(ks), usable_cores() // max(threads, 1)))
 
     def fit(k: int) -> np.ndarray:
         with threadpool_limits(limits=threads, user_api="openmp"):
