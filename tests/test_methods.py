@@ -479,6 +479,31 @@ def test_real_rfm_segments(real_clean, segments):
 
 
 @pytest.mark.real_data
+def test_real_lifetime_value_per_rfm_segment_uses_the_rfm_stages_segments(real_clean, segments):
+    """The lifetime value scores RFM segments itself (so it need not wait for the rfm stage): each
+    customer's must be the one the rfm stage gives, and the value per RFM segment must count them."""
+    from customer_segments.tasks.methods import clv
+
+    made = orders(real_clean)
+    labels = pd.DataFrame({"CustomerID": sorted(made["CustomerID"].unique()), "segment": 0, "segment_id": "S1",
+                           "segment_name": "All"})
+    scores = rfm_module.rfm_stage(made, labels, cutoff=CUTOFF, rfm_segments=segments.to_dict("records"))[0]
+    customers, values, *_ = clv.customer_lifetime_value(
+        made, labels, cutoff=pd.Timestamp(CUTOFF), clv_time_unit="D", clv_horizon=12, discount_rate=0.10,
+        rfm_segments=segments.to_dict("records"))
+    joined = customers[["CustomerID", "rfm_segment"]].merge(scores[["CustomerID", "rfm_segment"]], on="CustomerID",
+                                                            suffixes=("", "_rfm"), validate="one_to_one")
+    assert len(joined) == len(customers) == 4_298
+    assert (joined["rfm_segment"] == joined["rfm_segment_rfm"]).all()
+    per_rfm = values[values["grouping"] == "rfm"].set_index("segment")["customers"].to_dict()
+    assert per_rfm == scores["rfm_segment"].value_counts().to_dict()
+    # Without the table (a direct call), the value is grouped by k-means segment only.
+    _, alone, *_ = clv.customer_lifetime_value(made, labels, cutoff=pd.Timestamp(CUTOFF), clv_time_unit="D",
+                                               clv_horizon=12, discount_rate=0.10)
+    assert set(alone["grouping"]) == {"kmeans"}
+
+
+@pytest.mark.real_data
 def test_real_propensity(real_clean):
     scores, deciles, coefficients = propensity(real_clean, CUTOFF, horizon=3)
     facts = propensity_facts(real_clean, scores, deciles, CUTOFF, 3)

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from customer_segments.tasks.methods.rfm import rfm_scores
+
 STAGE = "clv"
 TIME_UNITS = {"D": 1.0, "W": 7.0, "M": 365.25 / 12}      # days per unit
 DAYS_PER_MONTH = 365.25 / 12
@@ -396,9 +398,14 @@ def fitted(table: pd.DataFrame, what: str) -> tuple[Fit, Fit | str, pd.DataFrame
     return bgnbd, gamma, spenders
 
 
-def customer_lifetime_value(orders: pd.DataFrame, labels: pd.DataFrame, rfm: pd.DataFrame | None = None, *,
-                            cutoff, clv_time_unit: str, clv_horizon: int, discount_rate: float):
+def customer_lifetime_value(orders: pd.DataFrame, labels: pd.DataFrame, *, cutoff, clv_time_unit: str,
+                            clv_horizon: int, discount_rate: float, rfm_segments: list[dict] | None = None):
     """The clv stage: customer_value, segment_value, clv_model, clv_holdout and their figures.
+
+    With the run's RFM segment table (`rfm_segments`), each customer's RFM segment is scored from
+    the same orders by the function the rfm stage uses (`rfm.rfm_scores`), and the value is also
+    summed per RFM segment. Scoring here instead of reading the rfm stage's output lets the models
+    be fitted beside that stage rather than after it.
 
     When the data cannot support the models, the tables are empty and `clv_model` holds one row
     saying why (model "note"); the run goes on without lifetime values.
@@ -430,9 +437,10 @@ def customer_lifetime_value(orders: pd.DataFrame, labels: pd.DataFrame, rfm: pd.
     keys = ["CustomerID", "segment", "segment_id", "segment_name"]
     customers = customers.merge(labels[[k for k in keys if k in labels.columns]], on="CustomerID", how="left",
                                 validate="one_to_one")
-    if rfm is not None:
+    if rfm_segments is not None:
+        rfm = rfm_scores(orders, cutoff, pd.DataFrame(rfm_segments))
         customers = customers.merge(rfm[["CustomerID", "rfm_segment"]], on="CustomerID", how="left", validate="one_to_one")
-    segments = segment_value(customers, bgnbd, gamma, horizon, discount_rate, unit, rfm is not None)
+    segments = segment_value(customers, bgnbd, gamma, horizon, discount_rate, unit, rfm_segments is not None)
     correlation = frequency_monetary_correlation(spenders)
     model = model_table(bgnbd, gamma, len(table[table["frequency"] > 0]) - len(spenders), correlation, spend_note)
     figures = {"clv_p_alive": p_alive_matrix(bgnbd.values, table, unit),
