@@ -10,6 +10,7 @@ the cache, or validated in another process) and writes the index.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import shutil
 import tempfile
@@ -18,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from customer_segments.tasks.runtime import storage
 from customer_segments.tasks.runtime.quality import suites
 from customer_segments.tasks.runtime.quality.offline_docs import SITE_FILES, make_offline, offline_pages
 from customer_segments.tasks.runtime.quality.validation import GateResult, copy_suite, gx_state, project_config
@@ -111,16 +111,15 @@ def _add_reports(context, items: list[tuple[str, dict]], folder: Path, added: se
     return keys
 
 
-def _suite_names(items: list[tuple[str, dict]], folder: Path, skip=()) -> list[str]:
-    """The suites of these reports' datasets (those not in `skip`) that have one."""
+def _suite_names(items: list[tuple[str, dict]], folder: Path, skip: Mapping[str, object] = {}) -> list[str]:
     state = gx_state()
     return sorted({state.suite(folder / f"{dataset}.json").suite.name for dataset, _ in items
                    if dataset not in skip and (folder / f"{dataset}.json").is_file()})
 
 
-def _add_site(context, out_dir: Path, name: str = SITE_NAME) -> None:
+def _add_site(context, out_dir: Path) -> None:
     context.add_data_docs_site(
-        site_name=name,
+        site_name=SITE_NAME,
         site_config={
             "class_name": "SiteBuilder",
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(out_dir)},
@@ -228,7 +227,10 @@ class _Ahead:
                 keys = _add_reports(self.context, [(dataset, report)], folder, set(self.suites))
                 if loaded is not None:
                     self.suites[loaded.suite.name] = loaded.stamp
-                _add_site(self.context, site, name=digest)
+                self.context.add_data_docs_site(site_name=digest, site_config={
+                    "class_name": "SiteBuilder",
+                    "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(site)},
+                    "show_how_to_buttons": False})
                 # The final build copies the site's static files once; here they are not needed.
                 HtmlSiteStore.copy_static_assets = lambda *args, **kwargs: None
                 ids = [keys[dataset]] + [ExpectationSuiteIdentifier(name=n) for n in _suite_names([(dataset, report)], folder)]
@@ -262,13 +264,13 @@ class _Ahead:
 
 
 def _link_site_files(site: Path) -> None:
-    """GX's own files a page made offline points at (its logo), which the final site copies in full."""
     import great_expectations
 
     static = Path(great_expectations.__file__).parent / "render" / "view"
     for relative in set(SITE_FILES.values()):
+        (site / relative).parent.mkdir(parents=True, exist_ok=True)
         if not (site / relative).exists():
-            storage.link_or_copy(static / relative, site / relative)
+            os.link(static / relative, site / relative)
 
 
 _AHEAD = _Ahead()
