@@ -362,7 +362,7 @@ def test_without_the_rewrite_the_index_table_stays_empty(tmp_path, browser, monk
     """The check above can fail: GX's own pages, offline, try the CDNs and render no rows."""
     from customer_segments.tasks.runtime.quality import docs
 
-    monkeypatch.setattr(docs, "make_offline", lambda site_dir, done=frozenset(): [])
+    monkeypatch.setattr(docs, "make_offline", lambda site_dir: [])
     index = build_data_docs({"k_selection": validate(k_selection_frame(), "k_selection").report}, tmp_path / "docs")
     page = offline_page(browser)
     page.goto(index.as_uri())
@@ -385,61 +385,6 @@ def test_dark_mode_renders_offline(site, browser):
     shot(page, "index-dark")
     assert page.attempted == []
     page.context.close()
-
-
-# Random element ids, the time of rendering and the docs context's id: what differs between two
-# renderings of the same report.
-VOLATILE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\?d=[0-9T.Z]+|dataContextId=[0-9a-f-]*")
-
-
-def test_pages_rendered_ahead_are_copied_into_the_same_site(tmp_path):
-    """The validator renders each report's pages once validated; the final build copies them (byte for
-    byte, where a new rendering would differ by its random ids) and gives the site a full build gives."""
-    from customer_segments.tasks.runtime.quality import docs
-
-    ok = validate(k_selection_frame(), "k_selection")
-    failed = validate(broken_features_frame(), "customer_features", {"k_max": 8})
-    data = {"k_selection": ok.report_bytes(), "customer_features": failed.report_bytes()}
-    for report in data.values():
-        docs.render_ahead(report)
-    rendered = docs.rendered_ahead(data)
-    assert set(rendered) == set(data)
-    reports = {name: json.loads(raw) for name, raw in data.items()}
-    ahead = build_data_docs(reports, tmp_path / "ahead", rendered=rendered).parent
-    full = build_data_docs(reports, tmp_path / "full").parent
-
-    pages = [p.relative_to(full) for p in site_files(full, ".html")]
-    assert pages == [p.relative_to(ahead) for p in site_files(ahead, ".html")]
-    assert len(pages) == 5  # the index, two validation pages, two suite pages
-    for page in pages:
-        assert VOLATILE.sub("", (ahead / page).read_text("utf-8")) == VOLATILE.sub("", (full / page).read_text("utf-8"))
-    copied = {relative: staged for pages_of in rendered.values() for relative, staged in pages_of.items()}
-    assert len(copied) == 4 and "index.html" not in copied
-    for relative, staged in copied.items():
-        assert (ahead / relative).read_bytes() == staged.read_bytes(), relative
-        assert [u for u in parse(ahead / relative).resources if EXTERNAL.match(u)] == [], relative
-    docs.forget_ahead(data)
-    assert docs.rendered_ahead(data) == {} and not any(p.exists() for p in copied.values())
-
-
-def test_a_suite_edited_between_two_reports_is_rendered_as_edited(tmp_path):
-    from customer_segments.tasks.runtime.quality import docs, suites
-
-    folder = tmp_path / "suites"
-    folder.mkdir()
-    suite = json.loads((suites.suites_dir() / "k_selection.json").read_text("utf-8"))
-    (folder / "k_selection.json").write_text(json.dumps(suite), encoding="utf-8")
-    first = validate(k_selection_frame(), "k_selection", suites_dir=folder).report_bytes()
-    docs.render_ahead(first, folder)
-    assert set(docs.rendered_ahead({"first": first})) == {"first"}  # rendered before the edit
-    suite["notes"] = "Edited between two runs."
-    (folder / "k_selection.json").write_text(json.dumps(suite), encoding="utf-8")
-    second = validate(k_selection_frame(), "k_selection", suites_dir=folder).report_bytes()
-    docs.render_ahead(second, folder)
-    pages = docs.rendered_ahead({"first": first, "second": second})
-    assert "Edited between two runs." not in pages["first"]["expectations/k_selection.html"].read_text("utf-8")
-    assert "Edited between two runs." in pages["second"]["expectations/k_selection.html"].read_text("utf-8")
-    docs.forget_ahead({"first": first, "second": second})
 
 
 def test_gate_build_docs_links_an_offline_site_into_the_run(tmp_path):

@@ -193,23 +193,10 @@ def _release_memory() -> None:
 
 
 def _docs(report_paths: list[str], out_dir: str) -> str:
-    from customer_segments.tasks.runtime.quality import docs
+    from customer_segments.tasks.runtime.quality.docs import build_data_docs
 
-    data = {Path(p).stem: Path(p).read_bytes() for p in report_paths}
-    reports = {name: json.loads(raw.decode("utf-8")) for name, raw in data.items()}
-    try:
-        return str(docs.build_data_docs(reports, Path(out_dir), rendered=docs.rendered_ahead(data)))
-    finally:
-        docs.forget_ahead(data)
-
-
-def _validate_file_and_render_ahead(dataset: str, path: str, parameters: Mapping[str, Any]) -> GateOutcome:
-    """In the validator: the gate, then the report's Data Docs pages in the background (docs.py)."""
-    from customer_segments.tasks.runtime.quality import docs
-
-    outcome = _validate_file(dataset, path, parameters)
-    docs.render_ahead(outcome.report)
-    return outcome
+    reports = {Path(p).stem: json.loads(Path(p).read_text(encoding="utf-8")) for p in report_paths}
+    return str(build_data_docs(reports, Path(out_dir)))
 
 
 def warm_up() -> None:
@@ -221,5 +208,4 @@ def warm_up() -> None:
     storage.freeze_imported()
 
 
-# The validator's requests (worker_processes.serve_validator).
-HANDLERS = {"validate": _validate_file_and_render_ahead, "docs": _docs}
+HANDLERS = {"validate": _validate_file, "docs": _docs}

@@ -103,13 +103,12 @@ class OfflineDocsError(RuntimeError):
     """A Data Docs page needs something from off-site that has no vendored copy."""
 
 
-def make_offline(site_dir: Path, done: frozenset[str] | set[str] = frozenset()) -> list[str]:
+def make_offline(site_dir: Path) -> list[str]:
     """Copy the vendored assets into ``site_dir``/static/vendor and point every page at them.
 
     Rewrites each known external URL in the site's .html and .css files to the relative path of
     its local copy. Returns the distinct URLs replaced (without query strings), sorted. Raises
     OfflineDocsError if a page or stylesheet still loads anything from off-site afterwards.
-    ``done`` names pages (paths in the site, with /) already made offline by `offline_pages`.
     """
     site_dir = Path(site_dir).resolve()
     missing = sorted(rel for rel in VENDORED.values() if not (VENDOR_DIR / rel).is_file())
@@ -117,16 +116,10 @@ def make_offline(site_dir: Path, done: frozenset[str] | set[str] = frozenset()) 
         raise OfflineDocsError(f"Vendored Data Docs assets are missing from {VENDOR_DIR}: {', '.join(missing)}")
     shutil.copytree(VENDOR_DIR, site_dir / SITE_VENDOR, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    return offline_pages(site_dir, [p for p in site_dir.rglob("*") if p.suffix.lower() in (".html", ".htm", ".css")
-                                    and p.is_file() and p.relative_to(site_dir).as_posix() not in done])
 
-
-def offline_pages(site_dir: Path, pages: list[Path]) -> list[str]:
-    """Point these pages of a site at the vendored copies (see make_offline), and check them."""
-    site_dir = Path(site_dir).resolve()
     replaced: set[str] = set()
     problems: list[str] = []
-    for path in sorted(pages):
+    for path in sorted(p for p in site_dir.rglob("*") if p.suffix.lower() in (".html", ".htm", ".css") and p.is_file()):
         vendored = (site_dir / SITE_VENDOR) in path.parents
         text = path.read_text(encoding="utf-8")
         new = text if vendored else _rewrite(text, path.parent, site_dir, replaced)
