@@ -75,6 +75,40 @@ def test_expected_purchases_stay_finite_and_grow_where_the_series_turns_negative
     np.testing.assert_allclose(below, above, rtol=1e-4)
 
 
+@pytest.mark.parametrize("params", [CDNOW, np.array([0.98, 39.3, 4.2e-4, 2281.0])])
+def test_values_computed_once_per_distinct_purchase_count_are_each_customers_own_to_the_bit(params):
+    # The special functions are computed once per distinct repeat-purchase count (and age) and
+    # taken per customer: every customer's numbers must be those of the customer computed alone.
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 400, 600).astype("float64")
+    T = rng.choice([1.0, 5.0, 30.0, 120.0, 365.0], 600)
+    t_x = np.where(x > 0, T * rng.uniform(0.5, 1, 600), 0.0)
+    m = rng.gamma(2.0, 20.0, 600)
+    for t in (30.0, 365.0, 3650.0):
+        together = clv.expected_purchases(params, t, x, t_x, T)
+        alone = np.concatenate([clv.expected_purchases(params, t, x[i:i + 1], t_x[i:i + 1], T[i:i + 1])
+                                for i in range(len(x))])
+        assert np.array_equal(together, alone)
+        assert np.all(np.isfinite(together))
+    # Both branches were taken: the series overflows for some customers here, not for others.
+    z = 365.0 / (params[1] + T + 365.0)
+    from scipy.special import hyp2f1
+    with np.errstate(all="ignore"):
+        overflow = ~np.isfinite(hyp2f1(params[0] + x, params[3] + x, params[2] + params[3] + x - 1, z))
+    assert 0 < overflow.sum() < len(x)
+    ll, grad = clv.bgnbd_log_likelihood(params, x, t_x, T, gradient=True)
+    for i in range(0, len(x), 37):
+        ll_i, grad_i = clv.bgnbd_log_likelihood(params, x[i:i + 1], t_x[i:i + 1], T[i:i + 1], gradient=True)
+        assert ll[i] == ll_i[0] and np.array_equal(grad[:, i], grad_i[:, 0])
+    spend = np.array([6.25, 3.74, 15.44])
+    repeat = x > 0
+    ll, grad = clv.gamma_gamma_log_likelihood(spend, x[repeat], m[repeat], gradient=True)
+    for i in range(0, int(repeat.sum()), 37):
+        one = np.flatnonzero(repeat)[i:i + 1]
+        ll_i, grad_i = clv.gamma_gamma_log_likelihood(spend, x[one], m[one], gradient=True)
+        assert ll[i] == ll_i[0] and np.array_equal(grad[:, i], grad_i[:, 0])
+
+
 def simulated_customers(params, customers: int, T: float, seed: int) -> pd.DataFrame:
     """Customers drawn from BG/NBD with known parameters (first purchase at 0, observed for T)."""
     r, alpha, a, b = params

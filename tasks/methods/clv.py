@@ -120,15 +120,25 @@ def _gammaln(x):
     return gammaln(x)
 
 
+def by_value(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct values, each element's position among them). The models' special functions
+    (log-gamma, digamma, the hypergeometric series) of a customer's repeat purchases take a few
+    dozen distinct values over any number of customers: computed once per value and taken per
+    customer, each element is the very number computed per customer, at a fraction of the cost."""
+    return np.unique(values, return_inverse=True)
+
+
 def bgnbd_log_likelihood(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray,
-                         gradient: bool = False):
+                         gradient: bool = False, x_values: tuple[np.ndarray, np.ndarray] | None = None):
     """Each customer's log-likelihood under BG/NBD (r, alpha, a, b); with `gradient`, also its
-    derivatives in the four parameters (rows: r, alpha, a, b)."""
+    derivatives in the four parameters (rows: r, alpha, a, b). `x_values` is `by_value(x)`, when
+    the caller evaluates the same customers many times."""
     from scipy.special import digamma
 
     r, alpha, a, b = params
-    a1 = _gammaln(r + x) - _gammaln(r) + r * np.log(alpha)
-    a2 = _gammaln(a + b) + _gammaln(b + x) - _gammaln(b) - _gammaln(a + b + x)
+    distinct, at = x_values if x_values is not None else by_value(x)
+    a1 = _gammaln(r + distinct)[at] - _gammaln(r) + r * np.log(alpha)
+    a2 = _gammaln(a + b) + _gammaln(b + distinct)[at] - _gammaln(b) - _gammaln(a + b + distinct)[at]
     a3 = -(r + x) * np.log(alpha + T)
     a4 = np.log(a) - np.log(b + np.maximum(x, 1) - 1) - (r + x) * np.log(t_x + alpha)
     top = np.maximum(a3, a4)
@@ -137,10 +147,11 @@ def bgnbd_log_likelihood(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: 
     if not gradient:
         return ll
     w3, w4 = e3 / (e3 + e4), e4 / (e3 + e4)  # the two terms' shares of the likelihood
-    d_r = digamma(r + x) - digamma(r) + np.log(alpha) - w3 * np.log(alpha + T) - w4 * np.log(t_x + alpha)
+    dg_rx, dg_bx, dg_abx = digamma(r + distinct)[at], digamma(b + distinct)[at], digamma(a + b + distinct)[at]
+    d_r = dg_rx - digamma(r) + np.log(alpha) - w3 * np.log(alpha + T) - w4 * np.log(t_x + alpha)
     d_alpha = r / alpha - w3 * (r + x) / (alpha + T) - w4 * (r + x) / (t_x + alpha)
-    d_a = digamma(a + b) - digamma(a + b + x) + w4 / a
-    d_b = digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x) - w4 / (b + np.maximum(x, 1) - 1)
+    d_a = digamma(a + b) - dg_abx + w4 / a
+    d_b = digamma(a + b) + dg_bx - digamma(b) - dg_abx - w4 / (b + np.maximum(x, 1) - 1)
     return ll, np.vstack([d_r, d_alpha, d_a, d_b])
 
 
@@ -153,23 +164,38 @@ def p_alive(params, x, t_x, T) -> np.ndarray:
     return np.where(x == 0, 1.0, expit(-log_ratio))
 
 
-def expected_purchases(params, t, x, t_x, T) -> np.ndarray:
-    """E[purchases in (T, T + t] | x, t_x, T] under BG/NBD."""
+def by_pair(x: np.ndarray, T: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """((x, T) of each distinct pair, each customer's position among them): `by_value` for the
+    hypergeometric series of expected purchases, a function of repeat purchases and age only."""
+    xs, x_at = by_value(x)
+    Ts, T_at = by_value(T)
+    pair, at = np.unique(x_at.astype("int64") * len(Ts) + T_at, return_inverse=True)
+    return (xs[pair // len(Ts)], Ts[pair % len(Ts)]), at
+
+
+def expected_purchases(params, t, x, t_x, T, pairs=None) -> np.ndarray:
+    """E[purchases in (T, T + t] | x, t_x, T] under BG/NBD. `pairs` is `by_pair(x, T)`, when the
+    caller evaluates the same customers many times."""
     from scipy.special import hyp2f1
 
     r, alpha, a, b = params
-    ha, hb, hc = r + x, b + x, a + b + x - 1
-    z = t / (alpha + T + t)
-    log_scale = (r + x) * np.log((alpha + T) / (alpha + t + T))
+    (x_pair, T_pair), at = pairs if pairs is not None else by_pair(x, T)
+    ha, hb, hc = r + x_pair, b + x_pair, a + b + x_pair - 1
+    z = t / (alpha + T_pair + t)
+    log_scale = (r + x_pair) * np.log((alpha + T_pair) / (alpha + t + T_pair))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         hyp = hyp2f1(ha, hb, hc, z)
         # The function is negative where a + b + x < 1 (few purchases, dropout rates near 0 or 1),
         # so it is scaled with its sign; where the series overflows, Euler's transformation of the
         # same function, in logarithms.
-        direct = hyp * np.exp(log_scale)
-        euler = hyp2f1(hc - ha, hc - hb, hc, z)
-        transformed = np.sign(euler) * np.exp(np.log(np.abs(euler)) + (hc - ha - hb) * np.log1p(-z) + log_scale)
-    scaled = np.where(np.isfinite(hyp) & np.isfinite(direct), direct, transformed)
+        scaled = hyp * np.exp(log_scale)
+        overflow = ~(np.isfinite(hyp) & np.isfinite(scaled))
+        if overflow.any():
+            ha, hb, hc, z, log_scale = (v[overflow] for v in (ha, hb, hc, z, log_scale))
+            euler = hyp2f1(hc - ha, hc - hb, hc, z)
+            scaled[overflow] = np.sign(euler) * np.exp(np.log(np.abs(euler)) + (hc - ha - hb) * np.log1p(-z)
+                                                       + log_scale)
+    scaled = scaled[at]
     first = (a + b + x - 1) / (a - 1)
     second = 1 - scaled
     alive_odds = 1 + (x > 0) * (a / (b + np.maximum(x, 1) - 1)) * ((alpha + T) / (alpha + t_x)) ** (r + x)
@@ -179,19 +205,22 @@ def expected_purchases(params, t, x, t_x, T) -> np.ndarray:
 # --- Gamma-Gamma ----------------------------------------------------------------------------------
 
 
-def gamma_gamma_log_likelihood(params: np.ndarray, x: np.ndarray, m: np.ndarray, gradient: bool = False):
+def gamma_gamma_log_likelihood(params: np.ndarray, x: np.ndarray, m: np.ndarray, gradient: bool = False,
+                               x_values: tuple[np.ndarray, np.ndarray] | None = None):
     """Each repeat customer's log-likelihood of their mean value m over x purchases (p, q, v); with
-    `gradient`, also its derivatives in the three parameters."""
+    `gradient`, also its derivatives in the three parameters. `x_values` is `by_value(x)`."""
     from scipy.special import digamma
 
     p, q, v = params
+    distinct, at = x_values if x_values is not None else by_value(x)
     px = p * x
-    ll = (_gammaln(px + q) - _gammaln(px) - _gammaln(q) + q * np.log(v) + (px - 1) * np.log(m)
-          + px * np.log(x) - (px + q) * np.log(x * m + v))
+    p_distinct = p * distinct
+    ll = (_gammaln(p_distinct + q)[at] - _gammaln(p_distinct)[at] - _gammaln(q) + q * np.log(v)
+          + (px - 1) * np.log(m) + px * np.log(distinct)[at] - (px + q) * np.log(x * m + v))
     if not gradient:
         return ll
-    shared = digamma(px + q)
-    d_p = x * (shared - digamma(px) + np.log(m) + np.log(x) - np.log(x * m + v))
+    shared = digamma(p_distinct + q)[at]
+    d_p = x * (shared - digamma(p_distinct)[at] + np.log(m) + np.log(distinct)[at] - np.log(x * m + v))
     d_q = shared - digamma(q) + np.log(v) - np.log(x * m + v)
     d_v = q / v - (px + q) / (x * m + v)
     return ll, np.vstack([d_p, d_q, d_v])
@@ -295,15 +324,17 @@ def fit_bgnbd(table: pd.DataFrame) -> Fit:
     weights = grouped["n"].to_numpy(dtype="float64")
     scale = max(float(np.mean(table["T"])), 1e-9)
     start = np.array([1.0, scale, 1.0, 1.0])
-    return maximum_likelihood(lambda v, gradient: bgnbd_log_likelihood(v, x, t_x, T, gradient),
+    x_values = by_value(x)
+    return maximum_likelihood(lambda v, gradient: bgnbd_log_likelihood(v, x, t_x, T, gradient, x_values),
                               ("r", "alpha", "a", "b"), start, len(table), weights)
 
 
 def fit_gamma_gamma(table: pd.DataFrame) -> Fit:
     x, m = table["frequency"].to_numpy(dtype="float64"), table["monetary"].to_numpy(dtype="float64")
     start = np.array([1.0, 2.0, max(float(np.mean(m)), 1e-9)])
-    return maximum_likelihood(lambda v, gradient: gamma_gamma_log_likelihood(v, x, m, gradient), ("p", "q", "v"),
-                              start, len(table))
+    x_values = by_value(x)
+    return maximum_likelihood(lambda v, gradient: gamma_gamma_log_likelihood(v, x, m, gradient, x_values),
+                              ("p", "q", "v"), start, len(table))
 
 
 # --- lifetime value -------------------------------------------------------------------------------
@@ -330,8 +361,9 @@ def lifetime_value(bgnbd: np.ndarray, gamma: np.ndarray | None, table: pd.DataFr
     rate = monthly_rate(discount_rate)
     total = np.zeros(len(table))
     previous = np.zeros(len(table))
+    pairs = by_pair(x, T)
     for i in range(1, horizon + 1):
-        upto = expected_purchases(bgnbd, i * month, x, t_x, T)
+        upto = expected_purchases(bgnbd, i * month, x, t_x, T, pairs)
         total += value * (upto - previous) / (1 + rate) ** i
         previous = upto
     return total, previous
