@@ -329,3 +329,28 @@ def test_is_in_answers_as_pandas_isin_on_text():
     assert (got == values.isin(allowed).to_numpy()).all()
     assert not is_in(values, []).any()
     assert is_in(pd.Series([17850, 13047]), ["17850"]).tolist() == [True, False]  # numbers compared as text
+
+
+def test_a_text_column_is_dictionary_encoded_once_while_it_is_in_memory():
+    import gc
+
+    from customer_segments.tasks import encoding
+
+    lines = pd.DataFrame({"StockCode": pd.Series(["B", "A", "B", None, "C"], dtype="str"), "Quantity": range(5)})
+    codes, values = encoding.dictionary_codes(lines["StockCode"])
+    assert codes.tolist() == [0, 1, 0, -1, 2] and values.tolist() == ["B", "A", "C"]
+    # The same column in another frame (a selection of columns, as the basket stage makes) is the
+    # same data: its encoding is reused, not computed again.
+    first = encoding.dictionary_encoded(lines["StockCode"])
+    assert encoding.dictionary_encoded(lines[["StockCode"]]["StockCode"]) is first
+    # Other data is encoded anew: a filtered column, or a column with the same values.
+    kept = lines[lines["Quantity"] > 0]
+    assert encoding.dictionary_codes(kept["StockCode"])[0].tolist() == [0, 1, -1, 2]
+    assert encoding.dictionary_codes(kept["StockCode"])[1].tolist() == ["A", "B", "C"]
+    again = pd.Series(["B", "A", "B", None, "C"], dtype="str")
+    assert encoding.dictionary_encoded(again) is not first
+    # An encoding is forgotten with its column.
+    held = len(encoding._ENCODED)
+    del lines, kept, again, first
+    gc.collect()
+    assert len(encoding._ENCODED) < held

@@ -35,7 +35,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from customer_segments.tasks.encoding import dictionary_codes, positions
+from customer_segments.tasks.encoding import dictionary_codes, dictionary_encoded, positions
 from customer_segments.tasks.methods.products import (
     codes_of, most_frequent_names, name_counts, product_lines, product_names, service_lines,
 )
@@ -724,9 +724,7 @@ def categorized(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         if column not in columns:
             out[column] = frame[column]
             continue
-        encoded = pc.dictionary_encode(pa.array(frame[column].array))
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.combine_chunks()
+        encoded = dictionary_encoded(frame[column])
         values = encoded.dictionary
         order = pc.array_sort_indices(values).to_numpy()
         rank = np.empty(len(order), dtype="int32")
