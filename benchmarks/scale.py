@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `.venv/bin/python benchmarks/scale.py --repeat "
-        f"{args.repeat} --sizes {args.sizes}{' --huge' if args.huge else ''}` ({git_state('worktree')}); took "
+        f"{args.repeat} --sizes {args.sizes}{' --huge' if args.huge else ''}"
+        f"{'' if args.engines == 'pandas,dask' else f' --engines {args.engines}'}` ({git_state('worktree')}); took "
         f"{(time.perf_counter() - started) / 60:.0f} min. Machine: {info['cpu']}, {info['cores']}, {info['ram']}.",
         "",
         "| lines | customers | command | wall time (median) | × plain | peak memory, all processes |",
