@@ -13,7 +13,9 @@ import pandas as pd
 # the basket rules run in one process on the same clean lines and encode the same three columns
 # (at ten million lines 1.2 s each time). An entry lives as long as the column it encodes.
 _ENCODED: dict[int, tuple[weakref.ref, object]] = {}
-_ENCODED_LOCK = threading.Lock()
+# Reentrant: a column freed by a garbage collection while this thread holds the lock forgets its
+# entry from within the locked block.
+_ENCODED_LOCK = threading.RLock()
 
 
 def dictionary_encoded(values: pd.Series):

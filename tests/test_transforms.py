@@ -354,3 +354,23 @@ def test_a_text_column_is_dictionary_encoded_once_while_it_is_in_memory():
     del lines, kept, again, first
     gc.collect()
     assert len(encoding._ENCODED) < held
+
+
+def test_a_column_freed_while_the_encodings_are_being_updated_does_not_stall_the_process():
+    import gc
+    import threading
+
+    from customer_segments.tasks import encoding
+
+    def scenario():
+        holder = {"lines": pd.DataFrame({"StockCode": pd.Series(["B", "A"], dtype="str")})}
+        holder["self"] = holder  # a cycle: only a garbage collection frees the column
+        encoding.dictionary_encoded(holder["lines"]["StockCode"])
+        del holder
+        with encoding._ENCODED_LOCK:  # as when a collection runs inside the locked update
+            gc.collect()
+
+    worker = threading.Thread(target=scenario, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
