@@ -638,3 +638,44 @@ def test_column_metrics_see_only_their_column_and_give_the_same_report(monkeypat
     monkeypatch.setattr(PandasExecutionEngine, "get_compute_domain", whole_domain)
     monkeypatch.setattr(PandasExecutionEngine, "get_domain_records", whole_records)
     assert reports() == got
+
+
+def test_each_expectation_configuration_is_built_once_per_validation_with_the_same_report(monkeypatch):
+    """The validator keeps an expectation's configuration for the rest of a validation
+    (validation.configurations_built_once); building it at every read, as GX does, gives the same
+    verdicts, counts and unexpected samples."""
+    from great_expectations.expectations import expectation as gx_expectation
+    from great_expectations.validator.validator import Validator
+
+    validation.gx_state()
+    once = gx_expectation.Expectation.configuration.fget
+    assert once.once
+    raw = raw_frame(40)
+    raw.loc[[0, 5], "InvoiceNo"] = ["536365.0", "A-1"]
+    raw.loc[[1, 2, 3], "CustomerID"] = [None, "12x", None]
+    raw.loc[4, "UnitPrice"] = -5.0
+    clean = clean_frame()
+    clean.loc[clean.index[0], "Sales"] = clean["Sales"].iloc[0] + 1.0
+    builds = []
+
+    class Counted(gx_expectation.ExpectationConfiguration):  # what the property builds, counted
+        def __init__(self, *args, **kwargs):
+            builds.append(1)
+            super().__init__(*args, **kwargs)
+
+    def reports():
+        builds.clear()
+        out = []
+        for df, dataset in ((raw, "raw_invoices"), (clean, "clean_invoices")):
+            report = validate(df, dataset, RUN).report
+            out.append([(r["expectation_config"], r["success"], r["result"]) for r in report["results"]])
+        return out, len(builds)
+
+    monkeypatch.setattr(gx_expectation, "ExpectationConfiguration", Counted)
+    got, built_once = reports()
+    assert any(not success for _, success, _ in got[0]) and any(not success for _, success, _ in got[1])
+    monkeypatch.setattr(gx_expectation.Expectation, "configuration", property(once.built))
+    monkeypatch.setattr(Validator, "graph_validate", Validator.graph_validate.whole)
+    expected, built_every_time = reports()
+    assert got == expected
+    assert built_every_time > 5 * built_once

@@ -225,6 +225,7 @@ class GxState:
         # bytes already, so the fingerprint only costs time: 0 turns it off.
         pandas_execution_engine.HASH_THRESHOLD = 0
         narrow_column_domains(pandas_execution_engine.PandasExecutionEngine)
+        configurations_built_once()
         product_expectation.register()
         self.gx = gx
         self.lock = threading.RLock()
@@ -291,6 +292,50 @@ def narrow_column_domains(engine: type) -> None:
 
 
 _ONLY_COLUMN = "_only_column"
+
+
+def configurations_built_once() -> None:
+    """Build each expectation's configuration once per validation, not at every read (once).
+
+    GX's `Expectation.configuration` builds a new configuration from the expectation's model each
+    time it is read, and a validation reads it about sixty times per expectation (each of its
+    domain, success and runtime settings reads the whole configuration anew): a third of a small
+    dataset's validation time. Inside GX's `Validator.graph_validate`, which builds fresh
+    expectations from the suite's configurations and validates them, none of them changes, so the
+    first configuration built is kept for the rest of that call, and forgotten after it.
+    """
+    from great_expectations.expectations.expectation import Expectation
+    from great_expectations.validator.validator import Validator
+
+    built, whole = Expectation.configuration.fget, Validator.graph_validate
+    if getattr(built, "once", False):
+        return
+
+    def configuration(self):
+        kept = getattr(_BUILT, "by_id", None)
+        if kept is None:
+            return built(self)
+        entry = kept.get(id(self))
+        if entry is None or entry[0] is not self:  # the expectation is held, so its id is its own
+            entry = kept[id(self)] = (self, built(self))
+        return entry[1]
+
+    def graph_validate(self, *args, **kwargs):
+        outer = getattr(_BUILT, "by_id", None)
+        _BUILT.by_id = {} if outer is None else outer
+        try:
+            return whole(self, *args, **kwargs)
+        finally:
+            _BUILT.by_id = outer
+
+    configuration.once = True
+    configuration.built = built
+    graph_validate.whole = whole
+    Expectation.configuration = property(configuration)
+    Validator.graph_validate = graph_validate
+
+
+_BUILT = threading.local()
 
 
 _STATE: GxState | None = None
