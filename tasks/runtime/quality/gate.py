@@ -201,9 +201,10 @@ def _docs(report_paths: list[str], out_dir: str) -> str:
 
 def warm_up() -> None:
     """Import GX and build its context before the first gate asks."""
-    from customer_segments.tasks.runtime.quality.validation import gx_state
+    from customer_segments.tasks.runtime.quality.validation import defer_unused_imports, gx_state
 
     storage.tune_memory()
+    defer_unused_imports()
     gx_state()
     storage.freeze_imported()
 

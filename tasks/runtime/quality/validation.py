@@ -10,8 +10,11 @@ source and the parsed suites are kept for the life of the process.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -336,6 +339,39 @@ def configurations_built_once() -> None:
 
 
 _BUILT = threading.local()
+
+
+# Great Expectations imports these when it loads, for expectations and charts the product's suites
+# do not use (distribution tests, Altair renderings): about 1 s of the validator's start on the
+# second core. In the validator process they load on first use instead (`defer_unused_imports`).
+UNUSED_BY_GATES = ("scipy.stats", "altair")
+
+
+class _DeferredImports(importlib.abc.MetaPathFinder):
+    """Imports the named modules lazily: the module object at once, its code on first attribute use."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = frozenset(names)
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.names:
+            return None
+        spec = next((found for finder in sys.meta_path if finder is not self
+                     for found in [getattr(finder, "find_spec", lambda *a: None)(name, path, target)] if found), None)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        return spec
+
+
+def defer_unused_imports(names: tuple[str, ...] = UNUSED_BY_GATES) -> None:
+    """In this process, load `names` when first used rather than when imported (once; before GX).
+
+    Only for the validator process: Python 3.11's lazy loader is not safe when two threads use a
+    module for the first time at once, and there nothing uses these modules at all.
+    """
+    if not any(isinstance(finder, _DeferredImports) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _DeferredImports(tuple(n for n in names if n not in sys.modules)))
 
 
 _STATE: GxState | None = None
