@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from customer_segments.flows.server import LocalServer, ServerError, ensure_api_url
+from customer_segments.flows.server.local import DEFAULT_START_TIMEOUT
 
 PYTHON = sys.executable
 BASE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false"}
@@ -336,6 +337,7 @@ def test_api_url_from_the_environment_or_temporary_mode_starts_nothing(home, tmp
     assert ensure_api_url() is None
     assert "PREFECT_API_URL" not in os.environ
     assert not home.exists() and server_pids(home) == []
+    os.environ.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)
 
     # An API URL from the user's active Prefect profile is used as well: Prefect would use that server.
     del os.environ["SEGMENT_PREFECT_SERVER"]
@@ -403,3 +405,20 @@ def test_two_first_runs_on_a_busy_machine_share_one_server_and_both_complete(hom
     with SyncPrefectClient(state["api_url"]) as client:
         names = [fr.name for fr in client.read_flow_runs()]
     assert sorted(names) == ["segmentation-2011-12", "segmentation-2011-12"]  # both are in the UI's history
+
+
+@pytest.mark.parametrize("own", [None, "45"])
+def test_prefects_temporary_server_gets_the_local_servers_start_budget(own):
+    """Prefect waits 20 s for its temporary server by default, which a loaded machine exceeded; with
+    SEGMENT_PREFECT_SERVER=temporary it waits as long as the local server would (a user's own setting wins)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "SEGMENT_SERVER_START_TIMEOUT"}
+    env |= {"SEGMENT_PREFECT_SERVER": "temporary", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if own is not None:
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = own
+    code = ("from customer_segments.flows.server.local import ensure_api_url\n"
+            "assert ensure_api_url() is None\n"
+            "from prefect.settings import get_current_settings\n"
+            "print(get_current_settings().server.ephemeral.startup_timeout_seconds)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) == (45 if own else int(DEFAULT_START_TIMEOUT))

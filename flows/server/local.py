@@ -432,6 +432,9 @@ def ensure_api_url(progress: Progress | None = None) -> str | None:
         return url
     mode = os.environ.get("SEGMENT_PREFECT_SERVER", "local").strip().lower() or "local"
     if mode == "temporary":
+        # Prefect gives up on its temporary server after 20 s; a loaded machine may need longer. It gets the
+        # local server's start budget, unless Prefect's own setting says otherwise.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", f"{_start_budget(None):g}")
         return None
     if mode != "local":
         raise PipelineError(f"SEGMENT_PREFECT_SERVER={mode!r} is not understood: use 'local' (the default, "
