@@ -11,6 +11,7 @@ source and the parsed suites are kept for the life of the process.
 from __future__ import annotations
 
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -356,8 +357,7 @@ class _DeferredImports(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name not in self.names:
             return None
-        spec = next((found for finder in sys.meta_path if finder is not self
-                     for found in [getattr(finder, "find_spec", lambda *a: None)(name, path, target)] if found), None)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)  # where the import would find it
         if spec is None or spec.loader is None:
             return None
         spec.loader = importlib.util.LazyLoader(spec.loader)
