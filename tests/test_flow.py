@@ -131,6 +131,39 @@ def test_rerun_reuses_every_stage_and_moves_latest(sample_run, sample):
     assert (Path(again.run_dir).parent / "latest").resolve() == Path(again.run_dir).resolve()
 
 
+def test_a_flow_run_ends_without_joining_its_heartbeat_thread_which_stops_by_itself(prefect_server):
+    """Prefect sends heartbeats while the run goes on; at its end the thread, sleeping in one-second
+    steps, is left to stop by itself instead of being waited for."""
+    import inspect
+    import threading
+
+    import prefect.flow_engine
+    from prefect import flow
+
+    from customer_segments.flows import pipeline as flow_module
+
+    # Prefect's engine looks the function up when a run starts, so the replacement is what runs.
+    assert "_send_heartbeats(self)" in inspect.getsource(prefect.flow_engine.FlowRunEngine.run_context)
+    assert prefect.flow_engine._send_heartbeats is flow_module._heartbeats_not_joined
+
+    def heartbeat_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate()
+                if any(getattr(a, "__name__", "") == "heartbeat_loop" for a in getattr(t, "_args", ()))]
+
+    seen: dict[str, list[threading.Thread]] = {}
+
+    @flow(persist_result=False)
+    def beating():
+        seen["during"] = heartbeat_threads()
+
+    before = set(heartbeat_threads())
+    beating()
+    during = [t for t in seen["during"] if t not in before]
+    assert len(during) == 1, "the run sends heartbeats"
+    during[0].join(timeout=5)
+    assert not during[0].is_alive(), "the heartbeat thread stops by itself once the run has ended"
+
+
 def test_two_runs_give_byte_identical_outputs(prefect_server, sample_run, sample, tmp_path):
     manifest, _ = sample_run
     fresh = run_flow(sample, tmp_path)  # a separate artifacts folder: nothing cached
