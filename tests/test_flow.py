@@ -59,6 +59,23 @@ def test_run_folder_layout(sample_run):
     assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
 
 
+def test_data_docs_pages_are_rendered_while_the_run_goes_on_and_none_is_left_behind(sample_run):
+    """Each dataset's Data Docs page is rendered once its report is final, not all at the end: the
+    raw lines' page is older than the report of the run's last stage. The site has one page per
+    report and nothing of the pages' staging is left in the cache."""
+    manifest, artifacts = sample_run
+    validation = Path(manifest.run_dir) / "validation"
+    reports = sorted(validation.glob("*.json"))
+    pages = {p.parts[-4]: p for p in (validation / "docs" / "validations").rglob("*.html")}
+    assert sorted(pages) == sorted(p.stem for p in reports)
+    last = max(reports, key=lambda p: p.stat().st_mtime_ns)
+    assert last.stem != "raw_invoices"
+    assert pages["raw_invoices"].stat().st_mtime_ns < last.stat().st_mtime_ns
+    assert (validation / "docs" / "index.html").stat().st_mtime_ns > last.stat().st_mtime_ns
+    staging = [p.name for p in (artifacts / "cache" / "data_docs").iterdir() if p.name.startswith(".")]
+    assert staging == []
+
+
 def test_manifest_is_typed_and_its_hashes_match_the_files(sample_run):
     manifest, artifacts = sample_run
     on_disk = Manifest.model_validate_json((Path(manifest.run_dir) / "manifest.json").read_text())

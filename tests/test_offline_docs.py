@@ -362,7 +362,7 @@ def test_without_the_rewrite_the_index_table_stays_empty(tmp_path, browser, monk
     """The check above can fail: GX's own pages, offline, try the CDNs and render no rows."""
     from customer_segments.tasks.runtime.quality import docs
 
-    monkeypatch.setattr(docs, "make_offline", lambda site_dir: [])
+    monkeypatch.setattr(docs, "make_offline", lambda site_dir, pages=None: [])
     index = build_data_docs({"k_selection": validate(k_selection_frame(), "k_selection").report}, tmp_path / "docs")
     page = offline_page(browser)
     page.goto(index.as_uri())

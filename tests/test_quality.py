@@ -520,6 +520,49 @@ def test_data_docs_name_every_dataset_and_nothing_is_written_elsewhere(tmp_path,
     assert not (tmp_path / "gx").exists()
 
 
+def site_files(site: Path) -> list[str]:
+    return sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
+
+
+def test_data_docs_pages_rendered_ahead_make_the_same_site_and_a_changed_report_is_built_again(tmp_path):
+    """The validator renders each dataset's pages when its report is final (gate._docs_pages) and
+    only the index at the end (gate._docs); the site is the one a whole build makes. A report that
+    changed after its pages were rendered is not shown stale: the whole site is built again."""
+    from customer_segments.tasks.runtime.quality import gate
+
+    ok = validate(raw_frame(), "raw_invoices", RUN)
+    bad = clean_frame()
+    bad.loc[0, "Sales"] = 0.0
+    failed = validate(bad, "clean_invoices", RUN)
+    reports = tmp_path / "validation"
+    reports.mkdir()
+    (reports / "raw_invoices.json").write_text(json.dumps(ok.report))
+    (reports / "clean_invoices.json").write_text(json.dumps(failed.report))
+    whole = build_data_docs({"raw_invoices": ok.report, "clean_invoices": failed.report}, tmp_path / "whole").parent
+
+    pages, site = tmp_path / "pages", tmp_path / "site"
+    gate._docs_pages([str(reports / "raw_invoices.json")], str(pages))
+    assert [p.parts[-4] for p in (pages / "validations").rglob("*.html")] == ["raw_invoices"]
+    assert not (pages / "index.html").exists()  # the index waits for the end
+    gate._docs_pages([str(reports / "clean_invoices.json")], str(pages))
+    index = Path(gate._docs([str(p) for p in sorted(reports.glob("*.json"))], str(site), str(pages)))
+    assert index == site / "index.html" and not pages.exists()
+    assert site_files(site) == site_files(whole)
+    assert "clean_invoices" in index.read_text("utf-8") and "raw_invoices" in index.read_text("utf-8")
+
+    # The raw report changes after its pages were rendered (another validation of other data).
+    gate._docs_pages([str(reports / "raw_invoices.json")], str(pages))
+    again = validate(raw_frame().head(3), "raw_invoices", RUN)
+    assert again.report["meta"]["validation_time"] != ok.report["meta"]["validation_time"]
+    (reports / "raw_invoices.json").write_text(json.dumps(again.report))
+    rebuilt = tmp_path / "rebuilt"
+    gate._docs([str(p) for p in sorted(reports.glob("*.json"))], str(rebuilt), str(pages))
+    assert not pages.exists()
+    raw_pages = [p.relative_to(rebuilt).parts for p in (rebuilt / "validations" / "raw_invoices").rglob("*.html")]
+    assert [parts[3] for parts in raw_pages] == [again.report["meta"]["validation_time"]]  # the new one only
+    assert len(site_files(rebuilt)) == len(site_files(whole))
+
+
 def test_fresh_process_imports_gx_lazily_and_writes_nothing(tmp_path):
     code = (
         "import sys, pandas as pd, customer_segments.tasks.runtime.quality.validation as q\n"

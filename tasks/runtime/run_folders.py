@@ -170,6 +170,8 @@ class RunLedger:
     def finished(self, result: StageResult) -> None:
         self.manifest.stages[result.stage] = result.record
         self.save(result.stage)
+        if self.folder is not None:  # its reports are final: their Data Docs pages can be rendered
+            gate.docs_pages(self.folder / "validation", self.artifacts / "cache")
         self._tell("finished", result.stage)
 
     def computed(self, stage: str) -> None:

@@ -1,7 +1,8 @@
 """Helper processes: work beside the run, on the other core, in other Pythons.
 
-- The **validator** answers on channel `gate`: it validates datasets with Great Expectations
-  (imported once, first thing, while the command starts up) and builds Data Docs.
+- The **validator** answers on channels `gate` and `docs`: it validates datasets with Great
+  Expectations (imported once, first thing, while the command starts up) and builds Data Docs
+  (each dataset's pages as soon as its report is final, the index at the run's end).
 - The **worker** answers on channel `work`: it computes the stages the catalogue places there
   (`runs_in="worker"`: the propensity model, the best sellers and the market basket rules, the
   last two reading millions of lines), which would otherwise hold the run's interpreter (threads
@@ -69,9 +70,11 @@ def start(worker: bool = True) -> None:
     if channel("gate") is not None and (channel("work") is not None or not worker):
         return
     stop()
-    to_gate, to_work, work_to_gate = socket.socketpair(), socket.socketpair(), socket.socketpair()
-    validator = _spawn("serve_validator", to_gate[1], work_to_gate[1])
+    to_gate, to_docs, to_work, work_to_gate = (socket.socketpair() for _ in range(4))
+    validator = _spawn("serve_validator", to_gate[1], work_to_gate[1], to_docs[1])
     _channels["gate"] = Channel(Connection(to_gate[0].detach()), validator)
+    # Data Docs on a connection of their own: a page rendered ahead never holds up a gate's request.
+    _channels["docs"] = Channel(Connection(to_docs[0].detach()), validator)
     if worker:
         _channels["work"] = Channel(Connection(to_work[0].detach()), _spawn("serve_worker", to_work[1], work_to_gate[0]))
     else:
@@ -104,15 +107,16 @@ def _spawn(function: str, *theirs: socket.socket) -> subprocess.Popen:
 # --- in the children ----------------------------------------------------------------------------
 
 
-def serve_validator(from_parent: str, from_worker: str) -> None:
-    """Answer the run's and the worker's gates, each connection in a thread of its own."""
+def serve_validator(from_parent: str, from_worker: str, docs_from_parent: str) -> None:
+    """Answer the run's and the worker's gates and the run's Data Docs, each connection in a
+    thread of its own."""
     from multiprocessing.connection import Connection
 
     from customer_segments.tasks.runtime.quality import gate
 
     gate.warm_up()
     threads = [threading.Thread(target=_serve, args=(Connection(int(fd)), gate.HANDLERS), daemon=True)
-               for fd in (from_parent, from_worker)]
+               for fd in (from_parent, from_worker, docs_from_parent)]
     for thread in threads:
         thread.start()
     for thread in threads:

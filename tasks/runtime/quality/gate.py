@@ -94,9 +94,14 @@ def build_docs(validation_dir: Path, cache_dir: Path) -> Path | None:
     """GX Data Docs of a run's validation/ reports, into validation/docs/.
 
     The site is cached under the sha256 of the reports: a rerun whose stages all came from the
-    cache links the same site instead of importing GX to build it again.
+    cache links the same site instead of importing GX to build it again. Pages the validator
+    rendered while the run went on (docs_pages) are kept, and only the index is left to build.
     """
     reports = sorted(validation_dir.glob("*.json"))
+    pages = _PAGES.finished(validation_dir, cache_dir)
+    if not reports or pages is not None and not pages.is_dir():
+        _PAGES.forget(pages)
+        pages = None
     if not reports:
         return None
     digest = hashlib.sha256()
@@ -107,16 +112,110 @@ def build_docs(validation_dir: Path, cache_dir: Path) -> Path | None:
     if not (cached / ".complete").exists():
         building = cached.with_name(f".{cached.name}.{os.getpid()}")
         shutil.rmtree(building, ignore_errors=True)
-        validator = worker_processes.channel("gate")
-        args = ([str(p) for p in reports], str(building))
+        validator = worker_processes.channel("docs")
+        args = ([str(p) for p in reports], str(building), str(pages) if pages else None)
         validator.call("docs", *args) if validator is not None else _docs(*args)
         (building / ".complete").touch()
         shutil.rmtree(cached, ignore_errors=True)
         building.rename(cached)
+    else:
+        _PAGES.forget(pages)
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(cached, target, copy_function=lambda src, dst: storage.link_or_copy(Path(src), Path(dst)),
                     ignore=shutil.ignore_patterns(".complete"))
     return target / "index.html"
+
+
+def docs_pages(validation_dir: Path, cache_dir: Path) -> None:
+    """Have the validator render the Data Docs pages of the reports in validation/ now, in the
+    background: the run goes on, and its end builds only the index (build_docs).
+
+    Called as each stage is published. Without a validator, nothing happens (build_docs renders
+    every page at the end, as before).
+    """
+    _PAGES.request(validation_dir, cache_dir)
+
+
+class _PagesAhead:
+    """The requests of this process for pages rendered ahead, sent one after the other by a thread
+    of their own, so that publishing a stage never waits for a page."""
+
+    def __init__(self):
+        import queue
+        import threading
+
+        self.queue: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.sites: dict[Path, bool] = {}  # staging folder -> every request so far succeeded
+        self.sent: dict[Path, dict[Path, tuple[int, int]]] = {}  # staging -> report -> (mtime, size) sent
+
+    @staticmethod
+    def staging(validation_dir: Path, cache_dir: Path) -> Path:
+        key = hashlib.sha256(str(validation_dir.resolve()).encode()).hexdigest()[:16]
+        return cache_dir / "data_docs" / f".pages-{key}.{os.getpid()}"
+
+    def request(self, validation_dir: Path, cache_dir: Path) -> None:
+        import threading
+
+        if worker_processes.channel("docs") is None:
+            return
+        staging = self.staging(validation_dir, cache_dir)
+        with self.lock:
+            if staging not in self.sites:
+                shutil.rmtree(staging, ignore_errors=True)
+                self.sites[staging] = True
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._send, name="data-docs-pages", daemon=True)
+                self.thread.start()
+        self.queue.put((validation_dir, staging))
+
+    def _send(self) -> None:
+        while True:
+            validation_dir, staging = self.queue.get()
+            try:
+                channel = worker_processes.channel("docs")
+                if channel is None:
+                    raise RuntimeError("the validator is gone")
+                sent = self.sent.setdefault(staging, {})
+                now = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(validation_dir.glob("*.json"))}
+                todo = [p for p, stamp in now.items() if sent.get(p) != stamp]
+                if todo:
+                    channel.call("docs_pages", [str(p) for p in todo], str(staging))
+                    sent.update((p, now[p]) for p in todo)
+            except Exception:  # noqa: BLE001 - the end of the run builds the whole site instead
+                self.sites[staging] = False
+            finally:
+                self.queue.task_done()
+
+    def finished(self, validation_dir: Path, cache_dir: Path) -> Path | None:
+        """Wait for the requests sent so far; the staging folder of the pages rendered ahead for
+        this validation folder, or None (none were, or one request failed)."""
+        staging = self.staging(validation_dir, cache_dir)
+        with self.lock:
+            if staging not in self.sites:
+                return None
+        self.queue.join()
+        with self.lock:
+            usable = self.sites.pop(staging)
+            self.sent.pop(staging, None)
+        if not usable:
+            self.forget(staging)
+            return None
+        return staging
+
+    @staticmethod
+    def forget(staging: Path | None) -> None:
+        """Let the validator drop the pages rendered ahead in staging (and the folder)."""
+        if staging is None:
+            return
+        validator = worker_processes.channel("docs")
+        if validator is not None:
+            validator.call("forget_pages", str(staging))
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+_PAGES = _PagesAhead()
 
 
 # --- the work itself, in whichever process runs it ----------------------------------------------
@@ -192,11 +291,45 @@ def _release_memory() -> None:
         pass
 
 
-def _docs(report_paths: list[str], out_dir: str) -> str:
+def _docs(report_paths: list[str], out_dir: str, pages_dir: str | None = None) -> str:
+    """The site of these reports in out_dir: the pages rendered ahead in pages_dir and the
+    index, or, without them, every page."""
     from customer_segments.tasks.runtime.quality.docs import build_data_docs
 
     reports = {Path(p).stem: json.loads(Path(p).read_text(encoding="utf-8")) for p in report_paths}
+    site = _SITES.pop(pages_dir, None) if pages_dir else None
+    if site is not None:
+        try:
+            site.add(list(reports.items()))
+            index = site.finish()
+            shutil.rmtree(out_dir, ignore_errors=True)
+            Path(pages_dir).rename(out_dir)
+            return str(Path(out_dir) / index.relative_to(site.out_dir))
+        except Exception:  # noqa: BLE001 - a report changed after its pages were built: all again
+            pass
+    if pages_dir:
+        shutil.rmtree(pages_dir, ignore_errors=True)
     return str(build_data_docs(reports, Path(out_dir)))
+
+
+# The sites whose pages this process renders ahead, by staging folder (in the validator).
+_SITES: dict[str, Any] = {}
+
+
+def _docs_pages(report_paths: list[str], pages_dir: str) -> None:
+    """Render the pages of the reports not rendered yet into pages_dir (see docs_pages)."""
+    from customer_segments.tasks.runtime.quality.docs import DocsSite, report_items
+
+    site = _SITES.get(pages_dir)
+    if site is None:
+        site = _SITES[pages_dir] = DocsSite(Path(pages_dir))
+    reports = {Path(p).stem: json.loads(Path(p).read_text(encoding="utf-8")) for p in report_paths}
+    site.add(report_items(reports))
+
+
+def _forget_pages(pages_dir: str) -> None:
+    _SITES.pop(pages_dir, None)
+    shutil.rmtree(pages_dir, ignore_errors=True)
 
 
 def warm_up() -> None:
@@ -209,4 +342,4 @@ def warm_up() -> None:
     storage.freeze_imported()
 
 
-HANDLERS = {"validate": _validate_file, "docs": _docs}
+HANDLERS = {"validate": _validate_file, "docs": _docs, "docs_pages": _docs_pages, "forget_pages": _forget_pages}

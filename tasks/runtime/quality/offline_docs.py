@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 VENDOR_DIR = Path(__file__).with_name("vendor")
@@ -103,23 +104,25 @@ class OfflineDocsError(RuntimeError):
     """A Data Docs page needs something from off-site that has no vendored copy."""
 
 
-def make_offline(site_dir: Path) -> list[str]:
+def make_offline(site_dir: Path, pages: Iterable[Path] | None = None) -> list[str]:
     """Copy the vendored assets into ``site_dir``/static/vendor and point every page at them.
 
     Rewrites each known external URL in the site's .html and .css files to the relative path of
     its local copy. Returns the distinct URLs replaced (without query strings), sorted. Raises
     OfflineDocsError if a page or stylesheet still loads anything from off-site afterwards.
+
+    With ``pages``, only those files are rewritten and checked, and the vendored assets are not
+    copied: a site built a page at a time (docs.DocsSite) does each page when it is rendered and
+    the rest, with the assets, at the end.
     """
     site_dir = Path(site_dir).resolve()
-    missing = sorted(rel for rel in VENDORED.values() if not (VENDOR_DIR / rel).is_file())
-    if missing:
-        raise OfflineDocsError(f"Vendored Data Docs assets are missing from {VENDOR_DIR}: {', '.join(missing)}")
-    shutil.copytree(VENDOR_DIR, site_dir / SITE_VENDOR, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    if pages is None:
+        copy_vendored(site_dir)
+        pages = site_files(site_dir)
 
     replaced: set[str] = set()
     problems: list[str] = []
-    for path in sorted(p for p in site_dir.rglob("*") if p.suffix.lower() in (".html", ".htm", ".css") and p.is_file()):
+    for path in sorted(pages):
         vendored = (site_dir / SITE_VENDOR) in path.parents
         text = path.read_text(encoding="utf-8")
         new = text if vendored else _rewrite(text, path.parent, site_dir, replaced)
@@ -133,6 +136,20 @@ def make_offline(site_dir: Path) -> list[str]:
             "offline_docs.VENDORED, or drop the reference):\n  " + "\n  ".join(dict.fromkeys(problems))
         )
     return sorted(replaced)
+
+
+def copy_vendored(site_dir: Path) -> None:
+    """The vendored assets, into ``site_dir``/static/vendor."""
+    missing = sorted(rel for rel in VENDORED.values() if not (VENDOR_DIR / rel).is_file())
+    if missing:
+        raise OfflineDocsError(f"Vendored Data Docs assets are missing from {VENDOR_DIR}: {', '.join(missing)}")
+    shutil.copytree(VENDOR_DIR, Path(site_dir) / SITE_VENDOR, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def site_files(site_dir: Path) -> list[Path]:
+    """The pages and stylesheets of a site, which may load something."""
+    return sorted(p for p in Path(site_dir).rglob("*") if p.suffix.lower() in (".html", ".htm", ".css") and p.is_file())
 
 
 def _rewrite(text: str, page_dir: Path, site_dir: Path, replaced: set[str]) -> str:
