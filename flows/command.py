@@ -28,7 +28,11 @@ def main() -> None:
     release_memory_at_once()  # before pyarrow loads, here and in the helpers
     args = sys.argv[1:]
     if args and args[0] in FLOW_COMMANDS and not {"--help", "-h"} & set(args):
-        from customer_segments.tasks.runtime import worker_processes
+        from customer_segments.tasks.runtime import warm_start, worker_processes
+
+        code = warm_start.delegate(args)
+        if code is not None:  # run by a process the warm starter forked, on this terminal
+            os._exit(code)
 
         # Start-up imports objects that live as long as the process; the collector's full passes
         # over them took 0.7 s of a run's start. It is turned back on, with them frozen, once the
@@ -37,6 +41,7 @@ def main() -> None:
 
         # On the dask engine the stages run on the cluster's workers: only the validator is of use.
         worker_processes.start(worker="dask" not in args)
+        warm_start.watch_caller()
     from customer_segments.flows.cli import app
 
     try:
@@ -58,6 +63,8 @@ def _end(code: int | str | None) -> None:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe (`segment ... | head`): nothing more to say
             pass
+    if (warm_start := sys.modules.get("customer_segments.tasks.runtime.warm_start")) is not None:
+        warm_start.report_exit(code or 0)  # to the command that handed this one over, if any
     os._exit(code or 0)
 
 
