@@ -59,13 +59,20 @@ PRELOAD = (
     "psutil", "graphviz", "humanize", "slugify", "asgi_lifespan", "toml", "dotenv",
 )
 
+# What the validator imports (tasks/runtime/quality): its process is forked from the command's too.
+VALIDATOR_PRELOAD = (
+    "great_expectations", "great_expectations.execution_engine.pandas_execution_engine",
+    "great_expectations.data_context.types.base", "great_expectations.core",
+    "great_expectations.render.renderer", "great_expectations.render.renderer.site_builder",
+)
+
 # Environment variables read when the interpreter or a preloaded library starts (PYTHONPATH is
 # judged by where it makes the libraries be found instead).
 STARTUP_VARIABLES = (
     "PYTHON", "LANG", "LANGUAGE", "LC_", "TZ", "HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR",
     "OMP_", "KMP_", "GOMP_", "OPENBLAS_", "GOTO", "MKL_", "BLIS_", "NUMEXPR_", "NUMPY_", "NPY_", "ARROW_",
     "JE_", "MALLOC_", "GLIBC_TUNABLES", "LD_", "SKLEARN_", "SCIPY_", "SSL_CERT_", "REQUESTS_CA_BUNDLE",
-)
+)  # Great Expectations' GX_ANALYTICS_ENABLED is set by the product itself (quality/validation.py).
 _NOT_STARTUP = ("PYTHONPATH",)
 
 # --- the command's side ------------------------------------------------------------------------
@@ -270,14 +277,41 @@ def _preload() -> None:
     import importlib
 
     from customer_segments.tasks import catalogue  # the stages' modules, and what they import
+    from customer_segments.tasks.runtime.quality import validation
     from customer_segments.tasks.runtime.stage_runner import SHARED_IMPORTS
 
     del catalogue
     for name in (*PRELOAD, *SHARED_IMPORTS):
-        try:
-            importlib.import_module(name)
-        except Exception:  # an optional library missing here is imported (or missing) in the command
-            pass
+        _import(name)
+    # Great Expectations as the validator imports it: what it loads for charts on first use only.
+    validation.defer_unused_imports()
+    for name in VALIDATOR_PRELOAD:
+        _import(name)
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, validation._DeferredImports)]
+
+
+def _import(name: str) -> None:
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except Exception:  # an optional library missing here is imported (or missing) in the command
+        pass
+
+
+def can_fork() -> bool:
+    """Whether a helper process may be forked from this one instead of started afresh: this runs a
+    command the warm starter forked (its libraries are imported) and no other thread runs yet."""
+    return _client is not None and threading.active_count() == 1
+
+
+def forked_helper() -> None:
+    """In a helper forked from the command's process: it is not the command, and does not hold the
+    caller's connection (which must close when the command's process ends)."""
+    global _client
+    if _client is not None:
+        _client.close()
+        _client = None
 
 
 def _library_files() -> dict[str, int]:
@@ -390,6 +424,8 @@ def _become(conn: socket.socket, listener: socket.socket, request: dict[str, Any
         signal.signal(signum, handler)
     for number, fd in enumerate(fds):
         os.dup2(fd, number)
+    for fd in set(fds) - {0, 1, 2}:
+        os.close(fd)
     os.umask(int(request["umask"]))
     os.chdir(request["cwd"])
     os.environ.clear()

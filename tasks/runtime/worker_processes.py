@@ -20,6 +20,8 @@ waits for it. Without a helper (never started, or died), the same work runs in t
 from __future__ import annotations
 
 import atexit
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -71,12 +73,15 @@ def start(worker: bool = True) -> None:
         return
     stop()
     to_gate, to_docs, to_work, work_to_gate = (socket.socketpair() for _ in range(4))
-    validator = _spawn("serve_validator", to_gate[1], work_to_gate[1], to_docs[1])
+    # Forked helpers (see _fork) must not keep the other ends: each helper ends on end-of-file.
+    validator = _spawn("serve_validator", to_gate[1], work_to_gate[1], to_docs[1],
+                       others=(to_gate[0], to_docs[0], to_work[0], to_work[1], work_to_gate[0]))
     _channels["gate"] = Channel(Connection(to_gate[0].detach()), validator)
     # Data Docs on a connection of their own: a page rendered ahead never holds up a gate's request.
     _channels["docs"] = Channel(Connection(to_docs[0].detach()), validator)
     if worker:
-        _channels["work"] = Channel(Connection(to_work[0].detach()), _spawn("serve_worker", to_work[1], work_to_gate[0]))
+        worker = _spawn("serve_worker", to_work[1], work_to_gate[0], others=(to_work[0],))
+        _channels["work"] = Channel(Connection(to_work[0].detach()), worker)
     else:
         for end in (*to_work, work_to_gate[0]):
             end.close()
@@ -89,10 +94,13 @@ def stop() -> None:
         _channels.pop(name).close()
 
 
-def _spawn(function: str, *theirs: socket.socket) -> subprocess.Popen:
+def _spawn(function: str, *theirs: socket.socket, others: tuple[socket.socket, ...] = ()) -> subprocess.Popen | _Forked:
+    from customer_segments.tasks.runtime import warm_start
     from customer_segments.tasks.runtime.storage import release_memory_at_once
 
     release_memory_at_once()  # the child inherits it before it loads pyarrow
+    if warm_start.can_fork():  # a copy of this process has the libraries imported already
+        return _fork(function, theirs, others)
     fds = [s.fileno() for s in theirs]
     process = subprocess.Popen(
         [sys.executable, "-c", f"import sys; from {__name__} import {function}; {function}(*sys.argv[1:])",
@@ -102,6 +110,56 @@ def _spawn(function: str, *theirs: socket.socket) -> subprocess.Popen:
     for s in theirs:
         s.close()
     return process
+
+
+class _Forked:
+    """A helper forked from this process, as a Channel sees it (a Popen's poll)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = 0
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _fork(function: str, theirs: tuple[socket.socket, ...], others: tuple[socket.socket, ...]) -> _Forked:
+    """Fork a helper from a command the warm starter started (tasks/runtime/warm_start.py): it then
+    needs no imports of its own. Only while this process has no other thread. The copy closes
+    the ends that are not its own (`others` and the run's channels), so that each helper still
+    reads end-of-file when the run's process ends."""
+    from customer_segments.tasks.runtime import warm_start
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            warm_start.forked_helper()
+            for name in list(_channels):
+                _channels.pop(name).close()
+            for end in others:
+                end.close()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # it ends when the run's process does
+            globals()[function](*(str(s.fileno()) for s in theirs))
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    for s in theirs:
+        s.close()
+    return _Forked(pid)
 
 
 # --- in the children ----------------------------------------------------------------------------
