@@ -41,7 +41,6 @@ def main() -> None:
 
         # On the dask engine the stages run on the cluster's workers: only the validator is of use.
         worker_processes.start(worker="dask" not in args)
-        warm_start.watch_caller()
     from customer_segments.flows.cli import app
 
     try:

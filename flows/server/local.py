@@ -325,9 +325,11 @@ class LocalServer:
             return None
 
     def _stop_warm(self, state: dict | None) -> None:
+        from customer_segments.tasks.runtime import warm_start
+
         pid = (state or {}).get("warm_start_pid")
-        if isinstance(pid, int) and processes.alive(pid) and processes.cmdline(pid) and \
-                any("warm_start" in part for part in processes.cmdline(pid) or []):
+        if isinstance(pid, int) and processes.alive(pid) and (
+                warm_start.TITLE in " ".join(processes.cmdline(pid) or []) or warm_start.MODULE in " ".join(processes.cmdline(pid) or [])):
             processes.terminate_group(pid, 10)
 
     def _server_env(self, port: int) -> dict[str, str]:

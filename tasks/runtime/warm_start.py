@@ -41,6 +41,7 @@ from typing import Any
 
 PROTOCOL = 1
 MODULE = "customer_segments.tasks.runtime.warm_start"
+TITLE = "segment warm starter"
 SOCKET_NAME = "warm-start.sock"
 LOG_NAME = "warm-start.log"
 # A Unix socket's path is at most 107 bytes on Linux; a longer server folder goes without.
@@ -56,7 +57,7 @@ PRELOAD = (
     "anyio", "httpx", "pydantic", "pydantic_settings", "pydantic_extra_types.pendulum_dt", "fastapi",
     "starlette.responses", "typer", "rich.console", "pendulum", "jsonschema", "websockets", "cloudpickle",
     "griffe", "coolname", "orjson", "yaml", "dateutil.parser", "prometheus_client", "opentelemetry.trace",
-    "psutil", "graphviz", "humanize", "slugify", "asgi_lifespan", "toml", "dotenv",
+    "psutil", "graphviz", "humanize", "slugify", "asgi_lifespan", "toml", "dotenv", "setproctitle",
 )
 
 # What the validator imports (tasks/runtime/quality): its process is forked from the command's too.
@@ -72,6 +73,7 @@ STARTUP_VARIABLES = (
     "PYTHON", "LANG", "LANGUAGE", "LC_", "TZ", "HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR",
     "OMP_", "KMP_", "GOMP_", "OPENBLAS_", "GOTO", "MKL_", "BLIS_", "NUMEXPR_", "NUMPY_", "NPY_", "ARROW_",
     "JE_", "MALLOC_", "GLIBC_TUNABLES", "LD_", "SKLEARN_", "SCIPY_", "SSL_CERT_", "REQUESTS_CA_BUNDLE",
+    "SPT_",
 )  # Great Expectations' GX_ANALYTICS_ENABLED is set by the product itself (quality/validation.py).
 _NOT_STARTUP = ("PYTHONPATH",)
 
@@ -123,8 +125,9 @@ def delegate(argv: list[str]) -> int | None:
         except ProcessLookupError:
             pass
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, forward)
+    for signum in FORWARDED:
+        if signal.getsignal(signum) != signal.SIG_IGN:  # one ignored here is ignored there too
+            signal.signal(signum, forward)
     sock.settimeout(None)
     try:
         for line in replies:
@@ -145,8 +148,13 @@ def _request(argv: list[str]) -> dict[str, Any]:
     umask = os.umask(0o022)
     os.umask(umask)
     return {"protocol": PROTOCOL, "argv": [sys.argv[0], *argv], "cwd": os.getcwd(), "env": dict(os.environ),
-            "executable": sys.executable, "path": list(sys.path), "flags": list(sys.flags),
-            "warnoptions": list(sys.warnoptions), "umask": umask}
+            "executable": sys.executable, "path": list(sys.path), "title": list(sys.orig_argv), "flags": list(sys.flags),
+            "warnoptions": list(sys.warnoptions), "umask": umask,
+            "ignored": [int(n) for n in FORWARDED if signal.getsignal(n) == signal.SIG_IGN]}
+
+
+# Signals the command passes on to the process running it (which ignores those the command ignores).
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 # --- the process a command runs in ---------------------------------------------------------------
@@ -159,38 +167,14 @@ def started_warm() -> bool:
     return _client is not None
 
 
-def watch_caller() -> None:
-    """End this process if the command that handed it over goes away (killed without a signal to pass on).
-
-    Called once the helper processes are started: a thread then exists, and they are forked
-    before any does."""
-    if _client is None:
-        return
-
-    def watch() -> None:
-        try:
-            while _client.recv(1):
-                pass
-        except OSError:
-            pass
-        if not _ending.is_set():
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="warm-start-caller", daemon=True).start()
-
-
 def report_exit(code: int) -> None:
     """Give the caller this command's exit status (the last thing before the process exits)."""
     if _client is None:
         return
-    _ending.set()
     try:
         _client.sendall(json.dumps({"exit": int(code)}).encode() + b"\n")
     except OSError:
         pass
-
-
-_ending = threading.Event()
 
 
 def _run_command(conn: socket.socket) -> None:
@@ -233,6 +217,9 @@ def serve(home: str, server_pid: str) -> None:
     path = socket_path(home_path)
     if path is None:
         return
+    # Its own title first: setproctitle's first call needs the environment as the process started
+    # with it, and the commands' processes replace theirs.
+    process_title([TITLE, str(home_path)])
     _subreaper()
     storage.release_memory_at_once()  # as the command does before pyarrow loads
     os.environ.pop("SEGMENT_WARM_START", None)
@@ -258,18 +245,31 @@ def serve(home: str, server_pid: str) -> None:
     os.replace(building, path)  # seen only once it answers
     ours = path.stat().st_ino
     _log(f"ready: pid {os.getpid()}, {len(sys.modules)} modules imported")
+    # The connection of each command running, by the process running it: when the command goes
+    # away without a status (killed), so does that process and every helper of its session.
+    callers = _CALLERS
     try:
         while _alive(int(server_pid)) and _still_ours(path, ours):
-            _reap()
-            if select.select([listener], [], [], 0.25)[0]:
-                conn, _ = listener.accept()
-                _hand_over(conn, listener, library_files)
+            for pid in _reap():
+                for caller in [c for c, p in callers.items() if p == pid]:
+                    callers.pop(caller).close()
+            for ready in select.select([listener, *callers], [], [], 0.25)[0]:
+                if ready is listener:
+                    conn, _ = listener.accept()
+                    if (pid := _hand_over(conn, listener, library_files)) is not None:
+                        callers[conn] = pid
+                    else:
+                        conn.close()
+                elif not _recv_or_eof(ready):
+                    _kill_session(callers.pop(ready))
+                    ready.close()
     finally:
         if _still_ours(path, ours):
             path.unlink(missing_ok=True)
         _log("stopped")
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _reap(block=False) is not None:
+        while time.monotonic() < deadline and _children():
+            _reap()
             time.sleep(0.05)
 
 
@@ -364,11 +364,13 @@ def _refusal(request: dict[str, Any], library_files: dict[str, int]) -> str | No
 
 
 _TOP_LEVEL: set[str] = set()
+_CALLERS: dict[socket.socket, int] = {}
 _STARTUP_ENV: dict[str, str] = {}
 _SET_BY_IMPORTS: dict[str, str] = {}
 
 
-def _hand_over(conn: socket.socket, listener: socket.socket, library_files: dict[str, int]) -> None:
+def _hand_over(conn: socket.socket, listener: socket.socket, library_files: dict[str, int]) -> int | None:
+    """Take a command's request; the pid of the process forked to run it, or None (refused, broken)."""
     fds: list[int] = []
     try:
         conn.settimeout(5)
@@ -390,7 +392,7 @@ def _hand_over(conn: socket.socket, listener: socket.socket, library_files: dict
         if refusal:
             _log(f"refused a command: {refusal}")
             conn.sendall(json.dumps({"refused": refusal}).encode() + b"\n")
-            return
+            return None
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         pid = os.fork()
@@ -404,12 +406,14 @@ def _hand_over(conn: socket.socket, listener: socket.socket, library_files: dict
             finally:
                 os._exit(1)
         _log(f"pid {pid} started")
+        conn.setblocking(True)
+        return pid
     except (OSError, ValueError, struct.error) as exc:
         _log(f"a command could not be handed over: {exc}")
+        return None
     finally:
         for fd in fds:
             os.close(fd)
-        conn.close()
 
 
 def _become(conn: socket.socket, listener: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
@@ -418,10 +422,13 @@ def _become(conn: socket.socket, listener: socket.socket, request: dict[str, Any
     import time
 
     listener.close()
+    for caller in _CALLERS:  # other commands' connections: theirs alone
+        caller.close()
     os.setsid()  # its own session: stopping the server does not stop a run
+    ignored = set(request.get("ignored") or ())
     for signum, handler in ((signal.SIGCHLD, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL),
                             (signal.SIGHUP, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
-        signal.signal(signum, handler)
+        signal.signal(signum, signal.SIG_IGN if int(signum) in ignored else handler)
     for number, fd in enumerate(fds):
         os.dup2(fd, number)
     for fd in set(fds) - {0, 1, 2}:
@@ -434,12 +441,22 @@ def _become(conn: socket.socket, listener: socket.socket, request: dict[str, Any
         os.environ.setdefault(name, value)
     time.tzset()
     sys.argv = list(request["argv"])
+    process_title(request.get("title") or sys.argv)  # as `ps` would show the command run cold
     sys.path[:] = request["path"]
     _standard_streams()
     for name in [name for name in sys.modules if _own(name)]:
         del sys.modules[name]
     importlib.invalidate_caches()
     importlib.import_module(MODULE)._run_command(conn)
+
+
+def process_title(argv: list[str]) -> None:
+    """Show this process under the command line it stands for (ps, top, /proc/PID/cmdline)."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(" ".join(argv))
 
 
 def _standard_streams() -> None:
@@ -470,17 +487,42 @@ def _subreaper() -> None:
         pass
 
 
-def _reap(block: bool = False) -> int | None:
-    """Collect every ended child: one log line each. Returns the number of children left (None: none)."""
+def _reap() -> list[int]:
+    """Collect every ended child, one log line each (the benchmarks read them); their pids."""
+    ended = []
     while True:
         try:
-            pid, status, usage = os.wait4(-1, 0 if block else os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
-            return None
+            return ended
         if pid == 0:
-            return 1
+            return ended
+        ended.append(pid)
         _log(f"pid {pid} ended: exit {os.waitstatus_to_exitcode(status)}, "
              f"cpu {usage.ru_utime + usage.ru_stime:.3f} s, peak {usage.ru_maxrss} KiB")
+
+
+def _children() -> bool:
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def _recv_or_eof(conn: socket.socket) -> bytes:
+    try:
+        return conn.recv(64)
+    except OSError:
+        return b""
+
+
+def _kill_session(pid: int) -> None:
+    """End the process running a command and its helpers (its session's process group)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _alive(pid: int) -> bool:

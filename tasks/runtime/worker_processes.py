@@ -102,14 +102,15 @@ def _spawn(function: str, *theirs: socket.socket, others: tuple[socket.socket, .
     if warm_start.can_fork():  # a copy of this process has the libraries imported already
         return _fork(function, theirs, others)
     fds = [s.fileno() for s in theirs]
-    process = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; from {__name__} import {function}; {function}(*sys.argv[1:])",
-         *map(str, fds)],
-        pass_fds=fds, stdin=subprocess.DEVNULL,
-    )
+    process = subprocess.Popen(_command(function, fds), pass_fds=fds, stdin=subprocess.DEVNULL)
     for s in theirs:
         s.close()
     return process
+
+
+def _command(function: str, fds: list[int]) -> list[str]:
+    return [sys.executable, "-c", f"import sys; from {__name__} import {function}; {function}(*sys.argv[1:])",
+            *map(str, fds)]
 
 
 class _Forked:
@@ -144,6 +145,7 @@ def _fork(function: str, theirs: tuple[socket.socket, ...], others: tuple[socket
         code = 0
         try:
             warm_start.forked_helper()
+            warm_start.process_title(_command(function, [s.fileno() for s in theirs]))
             for name in list(_channels):
                 _channels.pop(name).close()
             for end in others:
