@@ -32,7 +32,8 @@ def sample() -> Path:
 def prefect_server(tmp_path_factory):
     """One real server for the session: the product's own local server, in a folder of the tests'.
 
-    Flows in this process and CLI subprocesses report to it through PREFECT_API_URL.
+    Flows in this process and CLI subprocesses report to it through PREFECT_API_URL, and the CLI's
+    flow commands are handed to its warm starter (SEGMENT_SERVER_HOME), as a user's would be.
     """
     from customer_segments.flows.server import LocalServer
 
@@ -40,7 +41,9 @@ def prefect_server(tmp_path_factory):
     api_url = server.ensure()
     status = server.status()
     previous = os.environ.get("PREFECT_API_URL")
+    previous_home = os.environ.get("SEGMENT_SERVER_HOME")
     os.environ["PREFECT_API_URL"] = api_url
+    os.environ["SEGMENT_SERVER_HOME"] = str(server.home)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
@@ -52,6 +55,10 @@ def prefect_server(tmp_path_factory):
         os.environ.pop("PREFECT_API_URL", None)
     else:
         os.environ["PREFECT_API_URL"] = previous
+    if previous_home is None:
+        os.environ.pop("SEGMENT_SERVER_HOME", None)
+    else:
+        os.environ["SEGMENT_SERVER_HOME"] = previous_home
     server.stop()
 
 

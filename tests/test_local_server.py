@@ -24,7 +24,9 @@ from customer_segments.flows.server import LocalServer, ServerError, ensure_api_
 from customer_segments.flows.server.local import DEFAULT_START_TIMEOUT
 
 PYTHON = sys.executable
-BASE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false"}
+# The warm starter a server starts beside it is tested in test_warm_start.py; here it would only add
+# its imports to every one of these starts.
+BASE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false", "SEGMENT_WARM_START": "0"}
 # What a user's environment may hold that would change which server is used.
 CLEARED = ("PREFECT_API_URL", "PREFECT_UI_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH",
            "SEGMENT_PREFECT_SERVER", "SEGMENT_SERVER_START_TIMEOUT", "SEGMENT_SERVER_HOME")
