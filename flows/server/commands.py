@@ -78,6 +78,8 @@ def status_command(
                    f"Prefect {info['prefect_version']}, since {info['started_at']}")
         typer.echo(f"Home: {info['home']}")
         typer.echo(f"Log:  {info['log']}")
+        warm = info.get("warm_start_pid")
+        typer.echo(f"Warm starter: pid {warm}" if warm else "Warm starter: not running (runs start cold)")
     else:
         why = f" (recorded state is stale: {info['problem']})" if info["stale"] else ""
         typer.echo(f"Not running{why}. Home: {info['home']}")

@@ -39,7 +39,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-PROTOCOL = 1
+PROTOCOL = 2
 MODULE = "customer_segments.tasks.runtime.warm_start"
 TITLE = "segment warm starter"
 SOCKET_NAME = "warm-start.sock"
@@ -101,7 +101,9 @@ def delegate(argv: list[str]) -> int | None:
     if path is None or not path.exists():
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
+    # It answers within milliseconds (refused, or the pid of the process it forked right before);
+    # one that does not answer in a minute is stuck before forking, and the command starts cold.
+    sock.settimeout(60)
     try:
         sock.connect(os.fspath(path))
         body = json.dumps(_request(argv)).encode()
@@ -147,10 +149,19 @@ def delegate(argv: list[str]) -> int | None:
 def _request(argv: list[str]) -> dict[str, Any]:
     umask = os.umask(0o022)
     os.umask(umask)
-    return {"protocol": PROTOCOL, "argv": [sys.argv[0], *argv], "cwd": os.getcwd(), "env": dict(os.environ),
+    return {"protocol": PROTOCOL, "starter": _own_code(), "argv": [sys.argv[0], *argv], "cwd": os.getcwd(), "env": dict(os.environ),
             "executable": sys.executable, "path": list(sys.path), "title": list(sys.orig_argv), "flags": list(sys.flags),
             "warnoptions": list(sys.warnoptions), "umask": umask,
             "ignored": [int(n) for n in FORWARDED if signal.getsignal(n) == signal.SIG_IGN]}
+
+
+def _own_code() -> str:
+    """The sha256 of this file: the starter and the command must speak the same version of it
+    (an upgrade of the product while a starter runs gives the command a newer one)."""
+    import hashlib
+
+    with open(__file__, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
 
 
 # Signals the command passes on to the process running it (which ignores those the command ignores).
@@ -160,11 +171,6 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # --- the process a command runs in ---------------------------------------------------------------
 
 _client: socket.socket | None = None
-
-
-def started_warm() -> bool:
-    """Whether this process is running a command handed over to the warm starter."""
-    return _client is not None
 
 
 def report_exit(code: int) -> None:
@@ -182,7 +188,6 @@ def _run_command(conn: socket.socket) -> None:
     global _client
     _client = conn
     conn.settimeout(None)
-    conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
     from customer_segments.flows import command
 
     try:
@@ -224,6 +229,8 @@ def serve(home: str, server_pid: str) -> None:
     storage.release_memory_at_once()  # as the command does before pyarrow loads
     os.environ.pop("SEGMENT_WARM_START", None)
     _STARTUP_ENV.update(os.environ)
+    global _STARTER_CODE
+    _STARTER_CODE = _own_code()
     _preload()
     # What the imports set for themselves (scikit-learn sets KMP_DUPLICATE_LIB_OK, for one): a
     # command's process gets them as it would have by importing the same libraries.
@@ -335,7 +342,7 @@ def _refusal(request: dict[str, Any], library_files: dict[str, int]) -> str | No
     """Why a command must start cold instead, or None."""
     import importlib.machinery
 
-    if request.get("protocol") != PROTOCOL:
+    if request.get("protocol") != PROTOCOL or request.get("starter") != _STARTER_CODE:
         return "another version of the product"
     if request.get("executable") != sys.executable:
         return "another interpreter"
@@ -366,6 +373,7 @@ def _refusal(request: dict[str, Any], library_files: dict[str, int]) -> str | No
 _TOP_LEVEL: set[str] = set()
 _CALLERS: dict[socket.socket, int] = {}
 _STARTUP_ENV: dict[str, str] = {}
+_STARTER_CODE = ""
 _SET_BY_IMPORTS: dict[str, str] = {}
 
 
@@ -405,6 +413,9 @@ def _hand_over(conn: socket.socket, listener: socket.socket, library_files: dict
                 traceback.print_exc()  # on the command's standard error once it has it, else in the log
             finally:
                 os._exit(1)
+        # The starter answers, not the forked process, so that the command knows at once whether
+        # its run was started (it must then never start it itself).
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         _log(f"pid {pid} started")
         conn.setblocking(True)
         return pid
