@@ -52,7 +52,8 @@ MAX_SOCKET_PATH = 100
 # (which may change between runs). The stages' modules are imported too, for what they import.
 PRELOAD = (
     "numpy", "pandas", "pyarrow", "pyarrow.parquet", "pyarrow.compute", "scipy.stats",
-    "matplotlib.backends.backend_agg", "jinja2",
+    "matplotlib.backends.backend_agg", "jinja2", "python_calamine", "mlxtend.frequent_patterns", "CHAID",
+    "threadpoolctl",
     # Prefect's client, settings and command-line libraries
     "anyio", "httpx", "pydantic", "pydantic_settings", "pydantic_extra_types.pendulum_dt", "fastapi",
     "starlette.responses", "typer", "rich.console", "pendulum", "jsonschema", "websockets", "cloudpickle",
@@ -216,6 +217,7 @@ def serve(home: str, server_pid: str) -> None:
     import select
     import time
 
+    from customer_segments.flows.server import processes
     from customer_segments.tasks.runtime import storage
 
     home_path = Path(home)
@@ -256,7 +258,7 @@ def serve(home: str, server_pid: str) -> None:
     # away without a status (killed), so does that process and every helper of its session.
     callers = _CALLERS
     try:
-        while _alive(int(server_pid)) and _still_ours(path, ours):
+        while processes.alive(int(server_pid)) and _still_ours(path, ours):
             for pid in _reap():
                 for caller in [c for c, p in callers.items() if p == pid]:
                     callers.pop(caller).close()
@@ -348,9 +350,12 @@ def _refusal(request: dict[str, Any], library_files: dict[str, int]) -> str | No
         return "another interpreter"
     if request.get("flags") != list(sys.flags) or request.get("warnoptions") != list(sys.warnoptions):
         return "other interpreter options"
-    env = request.get("env") or {}
-    for name in sorted(set(env) | set(_STARTUP_ENV)):
-        if name.startswith(STARTUP_VARIABLES) and name not in _NOT_STARTUP and env.get(name) != _STARTUP_ENV.get(name):
+    # Both as the imports leave them: a variable a library sets for itself when it loads unless
+    # it is set (scikit-learn's KMP_DUPLICATE_LIB_OK) is the same whether it was set before or not.
+    env = {**_SET_BY_IMPORTS, **(request.get("env") or {})}
+    mine = {**_SET_BY_IMPORTS, **_STARTUP_ENV}
+    for name in sorted(set(env) | set(mine)):
+        if name.startswith(STARTUP_VARIABLES) and name not in _NOT_STARTUP and env.get(name) != mine.get(name):
             return f"another value of {name}"
     if os.path.exists(os.path.join(request.get("cwd", ""), "matplotlibrc")):
         return "a matplotlibrc in the working folder"
@@ -534,20 +539,6 @@ def _kill_session(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (its parent has not reaped it yet) has ended
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _still_ours(path: Path, inode: int) -> bool:

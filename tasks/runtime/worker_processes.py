@@ -13,8 +13,11 @@ The run's threads wait on a socket meanwhile, which leaves their GIL to the stag
 Both are plain `python -c` children rather than a multiprocessing pool: 'spawn' re-runs the
 caller's main script in the child (a user's script without a main guard would start itself
 again), 'fork' is unsafe once Prefect's threads run, and a pool's worker must be joined at exit
-(0.8 s measured). A child reads end-of-file when its parent exits and ends by itself; nobody
-waits for it. Without a helper (never started, or died), the same work runs in the caller.
+(0.8 s measured). In a run the local server's warm starter forked (warm_start.py), which has its
+libraries imported and no thread yet when the helpers start, they are forked from it instead:
+the same functions, without importing anything again. A child reads end-of-file when its parent
+exits and ends by itself; nobody waits for it. Without a helper (never started, or died), the
+same work runs in the caller.
 """
 
 from __future__ import annotations
