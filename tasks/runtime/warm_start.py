@@ -76,7 +76,7 @@ STARTUP_VARIABLES = (
     "JE_", "MALLOC_", "GLIBC_TUNABLES", "LD_", "SKLEARN_", "SCIPY_", "SSL_CERT_", "REQUESTS_CA_BUNDLE",
     "SPT_",
 )  # Great Expectations' GX_ANALYTICS_ENABLED is set by the product itself (quality/validation.py).
-_NOT_STARTUP = ("PYTHONPATH",)
+_NOT_STARTUP = ("PYTHONPATH", "NUMPY_MADVISE_HUGEPAGE")  # the second is applied after the fork (_become)
 
 # --- the command's side ------------------------------------------------------------------------
 
@@ -455,6 +455,13 @@ def _become(conn: socket.socket, listener: socket.socket, request: dict[str, Any
     os.environ.update(request["env"])
     for name, value in _SET_BY_IMPORTS.items():
         os.environ.setdefault(name, value)
+    if (huge := os.environ.get("NUMPY_MADVISE_HUGEPAGE")) is not None:  # numpy reads it as it loads
+        try:
+            from numpy._core.multiarray import _set_madvise_hugepage
+
+            _set_madvise_hugepage(int(huge) != 0)  # as numpy/__init__.py reads it
+        except (ImportError, ValueError):
+            pass
     time.tzset()
     sys.argv = list(request["argv"])
     process_title(request.get("title") or sys.argv)  # as `ps` would show the command run cold
