@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from customer_segments.flows.server import processes
+from customer_segments.tasks.runtime import warm_start
 from customer_segments.tasks.errors import PipelineError
 
 HOST = "127.0.0.1"
@@ -115,7 +116,7 @@ class LocalServer:
         self.database = self.home / "prefect.db"
         # The server's own PREFECT_HOME, so neither the user's ~/.prefect profiles nor its files are involved.
         self.prefect_home = self.home / "prefect-home"
-        self.warm_log = self.home / "warm-start.log"
+        self.warm_log = self.home / warm_start.LOG_NAME
 
     # --- what is running ----------------------------------------------------------------------
 
@@ -309,9 +310,7 @@ class LocalServer:
 
     def _start_warm(self, server_pid: int) -> int | None:
         """Start the warm starter beside the server (it ends by itself when the server does); its pid."""
-        from customer_segments.tasks.runtime import warm_start
-
-        if not _warm_start_wanted() or warm_start.socket_path(self.home) is None:
+        if not warm_start.wanted() or warm_start.socket_path(self.home) is None:
             return None
         try:
             with open(self.warm_log, "ab") as log:
@@ -325,11 +324,11 @@ class LocalServer:
             return None
 
     def _stop_warm(self, state: dict | None) -> None:
-        from customer_segments.tasks.runtime import warm_start
-
         pid = (state or {}).get("warm_start_pid")
-        if isinstance(pid, int) and processes.alive(pid) and (
-                warm_start.TITLE in " ".join(processes.cmdline(pid) or []) or warm_start.MODULE in " ".join(processes.cmdline(pid) or [])):
+        if not (isinstance(pid, int) and processes.alive(pid)):
+            return
+        command = " ".join(processes.cmdline(pid) or [])
+        if warm_start.TITLE in command or warm_start.MODULE in command:  # not another process given its pid since
             processes.terminate_group(pid, 10)
 
     def _server_env(self, port: int) -> dict[str, str]:
@@ -527,10 +526,6 @@ def configured_api_url() -> str | None:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-def _warm_start_wanted() -> bool:
-    return os.environ.get("SEGMENT_WARM_START", "1").strip().lower() not in ("0", "false", "no", "off")
-
 
 def _start_budget(timeout: float | None) -> float:
     if timeout is not None:

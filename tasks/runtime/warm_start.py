@@ -91,9 +91,14 @@ def socket_path(home: Path | None = None) -> Path | None:
     return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH else None
 
 
+def wanted() -> bool:
+    """Whether SEGMENT_WARM_START leaves the warm start on (for a command, or a server starting)."""
+    return os.environ.get("SEGMENT_WARM_START", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def delegate(argv: list[str]) -> int | None:
     """Have the warm starter run this command; its exit status, or None: run it here (cold)."""
-    if os.environ.get("SEGMENT_WARM_START", "1").strip().lower() in ("0", "false", "no", "off") or _client is not None:
+    if not wanted() or _client is not None:
         return None
     try:
         path = socket_path()

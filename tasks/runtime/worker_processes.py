@@ -83,8 +83,8 @@ def start(worker: bool = True) -> None:
     # Data Docs on a connection of their own: a page rendered ahead never holds up a gate's request.
     _channels["docs"] = Channel(Connection(to_docs[0].detach()), validator)
     if worker:
-        worker = _spawn("serve_worker", to_work[1], work_to_gate[0], others=(to_work[0],))
-        _channels["work"] = Channel(Connection(to_work[0].detach()), worker)
+        process = _spawn("serve_worker", to_work[1], work_to_gate[0], others=(to_work[0],))
+        _channels["work"] = Channel(Connection(to_work[0].detach()), process)
     else:
         for end in (*to_work, work_to_gate[0]):
             end.close()
